@@ -1,0 +1,1 @@
+"""Glue between the config, Flower and the results: app builders, simulation, reports."""

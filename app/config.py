@@ -1,0 +1,125 @@
+"""Config checks that run before any training: typos, unknown choices, values out of range.
+
+Hydra already refuses an unknown group choice and lists the options; for an unknown key it
+does not say which keys exist. `check_overrides` composes the config the way `@hydra.main`
+will and turns Hydra's errors into messages that list the valid keys or choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("strategy", "dataset", "partition", "model", "ssl", "experiment")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run; the message names the key and the valid values."""
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, DictConfig):
+            keys.extend(_all_keys(v, full + "."))
+    return keys
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with command-line overrides, with readable errors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in GROUPS and "=" in o:
+            choice = o.split("=", 1)[1]
+            if choice not in group_options(key):
+                raise ConfigError(
+                    f"unknown choice {key}={choice}; valid {key} choices: {', '.join(group_options(key))}"
+                )
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            base = hydra_compose("config", overrides=[o for o in overrides if o.split("=", 1)[0] in GROUPS])
+            known = set(_all_keys(base))
+            for o in overrides:
+                if "=" not in o or o.startswith(("+", "~")) or o.startswith("hydra"):
+                    continue
+                key = o.split("=", 1)[0]
+                if key not in known and key not in GROUPS:
+                    close = difflib.get_close_matches(key, sorted(known), n=3)
+                    top = sorted(k for k in known if "." not in k and k != "hydra")
+                    raise ConfigError(
+                        f"unknown config key '{key}'"
+                        + (f"; did you mean {' or '.join(close)}?" if close else "")
+                        + f"\nvalid top-level keys: {', '.join(top)}"
+                        + (f"\nkeys under '{key.rsplit('.', 1)[0]}': "
+                           f"{', '.join(k for k in sorted(known) if k.startswith(key.rsplit('.', 1)[0] + '.'))}"
+                           if "." in key else "")
+                    )
+            return hydra_compose("config", overrides=overrides, return_hydra_config=False)
+    except (ConfigCompositionException, MissingConfigException) as err:
+        cause = err.__cause__
+        raise ConfigError(str(err) or f"{type(cause).__name__}: {cause}") from err
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: dict) -> None:
+    """Values out of range, each with the key, the value and what would be valid."""
+    for key in ("num_clients", "num_rounds", "local_epochs", "batch_size"):
+        _check(isinstance(cfg[key], int) and cfg[key] >= 1, f"{key} must be an integer >= 1, got {cfg[key]!r}")
+    _check(0 < float(cfg["fraction_fit"]) <= 1, f"fraction_fit must be in (0, 1], got {cfg['fraction_fit']}")
+    mfc = cfg["min_fit_clients"]
+    per_round = max(1, round(cfg["num_clients"] * float(cfg["fraction_fit"])))
+    _check(isinstance(mfc, int) and 1 <= mfc <= per_round,
+           f"min_fit_clients must be in [1, {per_round}] (clients sampled per round), got {mfc!r}")
+    _check(cfg["eval_every"] >= 0, f"eval_every must be >= 0 (0 = only after the last round), got {cfg['eval_every']}")
+    epc = cfg.get("examples_per_client")
+    _check(epc is None or (isinstance(epc, int) and epc >= cfg["batch_size"]),
+           f"examples_per_client must be null or an integer >= batch_size ({cfg['batch_size']}), got {epc!r}")
+    st = cfg["strategy"]
+    if "mu" in st:
+        _check(float(st["mu"]) >= 0, f"strategy.mu must be >= 0, got {st['mu']}")
+    for key, valid in (("predictor", ("dapu", "global", "local")), ("divergence", ("paper", "reference")),
+                       ("sync", ("online", "target", "both")), ("bn", ("global", "local"))):
+        if key in st:
+            _check(st[key] in valid, f"strategy.{key}={st[key]!r} is not valid; choose one of {list(valid)}")
+    _check(cfg["wandb"]["mode"] in ("offline", "online", "disabled"),
+           f"wandb.mode={cfg['wandb']['mode']!r}; choose offline, online or disabled")
+    _check(float(cfg["model"]["width"]) > 0, f"model.width must be > 0, got {cfg['model']['width']}")
+    _check(float(cfg["ssl"]["lr"]) > 0, f"ssl.lr must be > 0, got {cfg['ssl']['lr']}")
+    _check(0 <= float(cfg["ssl"]["tau"]) < 1, f"ssl.tau must be in [0, 1), got {cfg['ssl']['tau']}")
+    ev = cfg["eval"]
+    _check(ev["knn_features"] in ("backbone", "projector"),
+           f"eval.knn_features={ev['knn_features']!r}; choose backbone or projector")
+    if cfg["partition"]["name"] == "dirichlet":
+        _check(float(cfg["partition"]["alpha"]) > 0, f"partition.alpha must be > 0, got {cfg['partition']['alpha']}")
+    nb = cfg.get("norm_bound")
+    _check(nb is None or float(nb) > 0, f"norm_bound must be null or > 0, got {nb}")
+    dev = str(cfg["device"])
+    _check(dev in ("auto", "cpu") or dev.startswith("cuda"), f"device={dev!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """Resolved plain-dict config (what clients, checkpoints and summary.json carry)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    return plain

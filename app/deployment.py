@@ -1,0 +1,55 @@
+"""The ServerApp and ClientApp named in pyproject's [tool.flwr.app.components] (`flwr run`).
+
+They are built by the same functions as the simulation (app/federation.py). The experiment
+config still comes from conf/: the run config key `overrides` carries the Hydra overrides
+(e.g. "strategy=fedu dataset=cifar100 experiment=cpu"), so nothing is configured twice.
+A SuperNode says which partition it serves through --node-config
+"partition-id=0 num-partitions=5" and may point at its own data with data-dir=<folder>.
+"""
+
+from __future__ import annotations
+
+import shlex
+from functools import lru_cache
+from pathlib import Path
+
+from flwr.client import ClientApp
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+from app.config import compose, to_plain
+from app.federation import build_strategy, client_resources
+from app.report import RunReport
+from app.simulation import preflight
+from clients.ssl_client import SSLClient
+
+
+@lru_cache(maxsize=4)
+def config_from_overrides(overrides: str) -> dict:
+    return to_plain(compose(shlex.split(overrides)))
+
+
+def _server_fn(context) -> ServerAppComponents:
+    cfg = dict(config_from_overrides(str(context.run_config.get("overrides", ""))))
+    out_dir = cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
+    cfg["output_dir"] = out_dir
+    preflight(cfg)
+    report = RunReport(cfg, Path(out_dir))
+    return ServerAppComponents(strategy=build_strategy(cfg, report), config=ServerConfig(num_rounds=cfg["num_rounds"]))
+
+
+def _client_fn(context):
+    cfg = dict(config_from_overrides(str(context.run_config.get("overrides", ""))))
+    node = context.node_config
+    if "data-dir" in node:
+        cfg["data_dir"] = str(node["data-dir"])
+    if "num-partitions" in node and int(node["num-partitions"]) != cfg["num_clients"]:
+        raise ValueError(
+            f"this SuperNode was started with num-partitions={node['num-partitions']} but the run "
+            f"has num_clients={cfg['num_clients']}; restart it with matching --node-config"
+        )
+    threads = int(client_resources(cfg)["num_cpus"])
+    return SSLClient(cfg, int(node["partition-id"]), context.state, threads=threads).to_client()
+
+
+server_app = ServerApp(server_fn=_server_fn)
+client_app = ClientApp(client_fn=_client_fn)

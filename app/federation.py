@@ -1,0 +1,88 @@
+"""The one place that builds the ServerApp and ClientApp from a resolved config.
+
+`main.py` (simulation) and the `[tool.flwr.app.components]` apps (deployment) both call
+these builders, so the two modes cannot drift apart (DESIGN.md "Layout").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flwr.client import ClientApp
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+from app.report import RunReport
+from clients.ssl_client import SSLClient
+from strategies import STRATEGIES, Layout, ServerHooks
+from tasks.checkpoint import save_checkpoint
+from tasks.representation import RepresentationEvaluator
+from tasks.wire import build_federated_method, divergence_layers, get_arrays, layout_fingerprint
+
+
+def clients_per_round(cfg: dict) -> int:
+    return max(1, min(cfg["num_clients"], int(round(cfg["num_clients"] * float(cfg["fraction_fit"])))))
+
+
+def client_resources(cfg: dict) -> dict:
+    """CPUs/GPUs per simulated client; `auto` runs as many clients in parallel as cores allow."""
+    res = cfg["client_resources"]
+    cores = os.cpu_count() or 1
+    parallel = min(clients_per_round(cfg), cores)
+    num_cpus = res["num_cpus"]
+    num_cpus = max(1, cores // parallel) if num_cpus == "auto" else int(num_cpus)
+    num_gpus = res["num_gpus"]
+    if num_gpus == "auto":
+        import torch
+
+        use_gpu = str(cfg["device"]) != "cpu" and torch.cuda.is_available()
+        num_gpus = (torch.cuda.device_count() / min(parallel, 4 * torch.cuda.device_count())) if use_gpu else 0.0
+    return {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}
+
+
+def build_layout(cfg: dict):
+    method, plan, keys = build_federated_method(cfg)
+    arrays = get_arrays(method, keys)
+    layout = Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(method, keys),
+                    divergence_layers=divergence_layers(keys, plan))
+    return layout, arrays
+
+
+def build_strategy(cfg: dict, report: RunReport):
+    layout, initial = build_layout(cfg)
+    evaluator = RepresentationEvaluator(cfg)
+    out_dir = Path(report.out_dir)
+
+    def checkpoint(models, server_round):
+        return save_checkpoint(out_dir / "checkpoint_final.pt", cfg, layout.keys, models, server_round)
+
+    hooks = ServerHooks(evaluate=evaluator, report=report.report, save_checkpoint=checkpoint)
+    st = cfg["strategy"]
+    common = dict(
+        layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
+        num_clients=cfg["num_clients"], fraction_fit=float(cfg["fraction_fit"]),
+        min_fit_clients=int(cfg["min_fit_clients"]), eval_every=int(cfg["eval_every"]),
+        eval_at_start=bool(cfg["eval"]["at_start"]), seed=int(cfg["seed"]),
+        norm_bound=None if cfg.get("norm_bound") is None else float(cfg["norm_bound"]),
+    )
+    cls = STRATEGIES[st["name"]]
+    if st["name"] in ("fedu", "fedbyol"):
+        return cls(predictor=st["predictor"], mu=float(st["mu"]), divergence=st["divergence"], **common)
+    return cls(**common)
+
+
+def build_server_app(cfg: dict, report: RunReport) -> ServerApp:
+    def server_fn(context) -> ServerAppComponents:
+        return ServerAppComponents(strategy=build_strategy(cfg, report), config=ServerConfig(num_rounds=cfg["num_rounds"]))
+
+    return ServerApp(server_fn=server_fn)
+
+
+def build_client_app(cfg: dict) -> ClientApp:
+    threads = int(client_resources(cfg)["num_cpus"])
+
+    def client_fn(context):
+        pid = int(context.node_config["partition-id"])
+        return SSLClient(cfg, pid, context.state, threads=threads).to_client()
+
+    return ClientApp(client_fn=client_fn)

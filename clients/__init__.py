@@ -1,0 +1,1 @@
+"""Flower clients: translate between Flower messages and the torch code in tasks/."""

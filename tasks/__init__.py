@@ -1,0 +1,1 @@
+"""All torch code: data, partitions, models, SSL methods, training and evaluation."""

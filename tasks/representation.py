@@ -1,0 +1,67 @@
+"""Server-side evaluation of the federated encoder(s) (SPEC §4), given to strategies as a hook."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tasks.evaluate import extract_features, knn_accuracy, linear_probe
+from tasks.federated_data import evaluation_sets
+from tasks.train import resolve_device
+from tasks.wire import build_federated_method, set_arrays
+
+
+class RepresentationEvaluator:
+    """kNN monitor (every call) and linear probe (final call) on the encoder's features.
+
+    Several models (standalone: one per client) are evaluated one by one and averaged;
+    the per-client values are kept under `per_client`.
+    """
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.ev = cfg["eval"]
+        self._sets = None
+
+    def sets(self) -> dict:
+        if self._sets is None:
+            self._sets = evaluation_sets(self.cfg)
+        return self._sets
+
+    def encoder(self, arrays: list[np.ndarray]):
+        method, plan, keys = build_federated_method(self.cfg)
+        set_arrays(method, keys, arrays)
+        encoder = getattr(method, plan.eval_encoder)
+        return encoder if self.ev["knn_features"] == "projector" else encoder.backbone
+
+    def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:
+        device = resolve_device(str(self.cfg["device"]))
+        s = self.sets()
+        net = self.encoder(arrays)
+        bs = int(self.ev["batch_size"])
+        bank, test = extract_features(net, s["x_bank"], device, bs), extract_features(net, s["x_test"], device, bs)
+        out = {"knn_accuracy": knn_accuracy(bank, s["y_bank"], test, s["y_test"], s["num_classes"],
+                                            int(self.ev["knn_k"]), float(self.ev["knn_temperature"]))}
+        if final and self.ev["linear"]:
+            if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
+                bb = net.backbone
+                bank, test = extract_features(bb, s["x_bank"], device, bs), extract_features(bb, s["x_test"], device, bs)
+            out["linear_accuracy"] = linear_probe(
+                bank, s["y_bank"], test, s["y_test"], s["num_classes"], epochs=int(self.ev["linear_epochs"]),
+                lr=float(self.ev["linear_lr"]), batch_size=int(self.ev["linear_batch_size"]), seed=int(self.cfg["seed"]),
+            )
+        return out
+
+    def __call__(self, server_round: int, models: dict[str, list[np.ndarray]], final: bool) -> dict:
+        results = {name: self.evaluate_one(arrays, final) for name, arrays in models.items()}
+        if list(results) == ["global"]:
+            out = dict(results["global"])
+        else:  # standalone: mean over clients of each client's own model (SPEC §4)
+            out = {key: float(np.mean([r[key] for r in results.values()])) for key in results[next(iter(results))]}
+            out["per_client"] = results
+        out["final"] = final
+        out["bank_size"], out["test_size"] = len(self.sets()["y_bank"]), len(self.sets()["y_test"])
+        if final and "linear_accuracy" not in out:
+            out["linear_accuracy"] = math.nan
+        return out
