@@ -31,6 +31,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(cfg: DictConfig) -> None:
     from app.simulation import run
 
+    logging.getLogger("flwr").propagate = False  # flwr prints its own lines; no duplicates
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     plain = to_plain(cfg)
     out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
     plain["output_dir"] = str(out_dir)

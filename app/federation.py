@@ -78,11 +78,16 @@ def build_server_app(cfg: dict, report: RunReport) -> ServerApp:
     return ServerApp(server_fn=server_fn)
 
 
-def build_client_app(cfg: dict) -> ClientApp:
+def make_client_fn(cfg: dict):
+    """client_fn for Flower: one SSLClient for the partition named in the node config."""
     threads = int(client_resources(cfg)["num_cpus"])
 
     def client_fn(context):
         pid = int(context.node_config["partition-id"])
         return SSLClient(cfg, pid, context.state, threads=threads).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    return client_fn
+
+
+def build_client_app(cfg: dict) -> ClientApp:
+    return ClientApp(client_fn=make_client_fn(cfg))

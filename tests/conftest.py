@@ -1,0 +1,38 @@
+"""Shared fixtures: the offline data in ../shared/data and smoke-sized configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA_DIR = Path(os.environ.get("FEDSSL_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "cifar100.npz").is_file():
+        pytest.fail(f"test data not found in {DATA_DIR}; set FEDSSL_DATA_DIR to the folder holding cifar100.npz")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return Path(os.environ.get("FEDSSL_CACHE_DIR", tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def make_cfg(data_dir, cache_dir, tmp_path):
+    """Compose the real config (conf/) with the smoke preset plus overrides, as a plain dict."""
+    from app.config import compose, to_plain
+
+    def make(*overrides: str) -> dict:
+        base = ["experiment=smoke", f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={tmp_path / 'run'}"]
+        return to_plain(compose(base + list(overrides)))
+
+    return make

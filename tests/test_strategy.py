@@ -1,0 +1,168 @@
+"""Strategies fed with hand-made client results (DESIGN.md conv. 11)."""
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Code,
+    FitRes,
+    GetPropertiesRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+
+from strategies import FedSSL, FedU, Layout, RunStopped, ServerHooks, Standalone
+
+SHAPES = [(2, 2), (3,)]  # layer 0 is the "conv" used for divergence, layer 1 a predictor bias
+LAYOUT = Layout(keys=["online.backbone.conv1.weight", "predictor.0.bias"], shapes=SHAPES, fingerprint="f",
+                divergence_layers=[0])
+
+
+class FakeProxy(ClientProxy):
+    def __init__(self, cid: str, pid: int):
+        super().__init__(cid)
+        self.pid = pid
+
+    def get_properties(self, ins, timeout, group_id):
+        return GetPropertiesRes(status=Status(Code.OK, ""), properties={"partition_id": self.pid})
+
+    def get_parameters(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def fit(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def evaluate(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+
+class Recorder:
+    def __init__(self):
+        self.records, self.evals = [], []
+
+    def hooks(self):
+        def evaluate(rnd, models, final):
+            self.evals.append((rnd, sorted(models), final))
+            return {"knn_accuracy": 0.5, "final": final}
+
+        return ServerHooks(evaluate=evaluate, report=self.records.append, save_checkpoint=lambda m, r: "ckpt.pt")
+
+
+def make(cls, num_clients=3, **kw):
+    rec = Recorder()
+    init = [np.zeros(s, dtype=np.float32) for s in SHAPES]
+    strategy = cls(layout=LAYOUT, hooks=rec.hooks(), initial_arrays=init, num_rounds=3,
+                   num_clients=num_clients, eval_every=1, **kw)
+    cm = SimpleClientManager()
+    proxies = [FakeProxy(f"node-{100 - k}", k) for k in range(num_clients)]  # node ids unrelated to pids
+    for p in proxies:
+        cm.register(p)
+    return strategy, cm, proxies, rec
+
+
+def result(proxy, arrays, n, **metrics):
+    metrics = {"partition_id": proxy.pid, "loss": 1.0, **metrics}
+    return proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)
+
+
+def upd(conv_value, bias_value):
+    return [np.full((2, 2), conv_value, dtype=np.float32), np.full(3, bias_value, dtype=np.float32)]
+
+
+def test_fedu_weights_divergence_and_per_client_decisions():
+    strategy, cm, proxies, rec = make(FedU, mu=0.4)
+    ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
+    assert [strategy.pid_of[p.cid] for p, _ in ins] == [0, 1, 2]
+    # first participation: everyone takes the global predictor
+    assert all(fi.config["adopt_global_predictor"] for _, fi in ins)
+    results = [result(proxies[0], upd(0.0, 1.0), 100), result(proxies[1], upd(0.3, 2.0), 100),
+               result(proxies[2], upd(0.3, 4.0), 200)]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    agg = parameters_to_ndarrays(params)
+    # weights 1/4, 1/4, 1/2: conv = 0.225, bias = 0.25 + 0.5 + 2 = 2.75
+    assert np.allclose(agg[0], 0.225) and np.allclose(agg[1], 2.75)
+    # divergence = ||W_k - W_g|| over the 2x2 conv = 2 * |w_k - 0.225|
+    assert strategy.divergence[0] == pytest.approx(0.45)
+    assert strategy.divergence[1] == pytest.approx(0.15)
+    assert strategy.adopt_global == {0: False, 1: True, 2: True}
+    clients = strategy.record["clients"]
+    assert clients["0"]["predictor_next"] == "local" and clients["1"]["predictor_next"] == "global"
+    assert strategy.record["bytes_received"] == sum(
+        sum(len(t) for t in r.parameters.tensors) for _, r in results)
+    # next round: each client gets its own decision in its own instructions
+    ins = strategy.configure_fit(2, params, cm)
+    decisions = {strategy.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins}
+    assert decisions == {0: False, 1: True, 2: True}
+
+
+def test_fedbyol_and_local_ablation_ignore_divergence():
+    for mode, expected in (("global", True), ("local", False)):
+        strategy, cm, proxies, _ = make(FedU, predictor=mode, mu=0.0)
+        strategy.configure_fit(1, strategy.initial_parameters, cm)
+        strategy.aggregate_fit(1, [result(p, upd(k, k), 10) for k, p in enumerate(proxies)], [])
+        assert set(strategy.adopt_global.values()) == {expected}
+
+
+def test_skipped_client_keeps_its_last_decision_and_sampling_is_seeded():
+    strategy, cm, proxies, _ = make(FedU, num_clients=4, fraction_fit=0.5, seed=3, mu=0.4)
+    chosen1 = [strategy.pid_of[p.cid] for p, _ in strategy.configure_fit(1, strategy.initial_parameters, cm)]
+    again, _, _, _ = make(FedU, num_clients=4, fraction_fit=0.5, seed=3, mu=0.4)
+    assert [again.pid_of[p.cid] for p, _ in again.configure_fit(1, again.initial_parameters, cm)] == chosen1
+    assert len(chosen1) == 2
+    by_pid = {p.pid: p for p in proxies}
+    strategy.aggregate_fit(1, [result(by_pid[chosen1[0]], upd(5.0, 0), 10),
+                               result(by_pid[chosen1[1]], upd(-5.0, 0), 10)], [])
+    assert strategy.adopt_global[chosen1[0]] is False
+    strategy.adopt_global[chosen1[0]] = False
+    for rnd in range(2, 12):
+        for p, fi in strategy.configure_fit(rnd, strategy.initial_parameters, cm):
+            pid = strategy.pid_of[p.cid]
+            assert fi.config["adopt_global_predictor"] == strategy.adopt_global.get(pid, True)
+
+
+def test_invalid_updates_are_rejected_and_failures_recorded():
+    strategy, cm, proxies, rec = make(FedSSL, min_fit_clients=1)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    nan = upd(1.0, 1.0)
+    nan[0][0, 0] = np.nan
+    wrong = [np.zeros((3, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
+    results = [result(proxies[0], upd(2.0, 2.0), 10), result(proxies[1], nan, 10), result(proxies[2], wrong, 10)]
+    params, _ = strategy.aggregate_fit(1, results, [RuntimeError("client crashed")])
+    assert np.allclose(parameters_to_ndarrays(params)[0], 2.0)  # only the valid update
+    reasons = {r["partition_id"]: r["reason"] for r in strategy.record["rejected"]}
+    assert "non-finite" in reasons[1] and "shape (3, 3)" in reasons[2]
+    assert strategy.record["failures"][0]["error"] == "RuntimeError: client crashed"
+
+
+def test_too_few_valid_updates_stops_the_run_with_the_reason():
+    strategy, cm, proxies, rec = make(FedSSL, min_fit_clients=2)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    with pytest.raises(RunStopped, match="only 1 valid updates"):
+        strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10)], [RuntimeError("boom")])
+    assert "fatal_error" in rec.records[-1]
+
+
+def test_non_finite_loss_reported_by_a_client_stops_the_run():
+    strategy, cm, proxies, _ = make(FedSSL)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    bad = result(proxies[1], [], 0, fatal_error="client 1, round 1: non-finite loss (nan)")
+    with pytest.raises(RunStopped, match="client 1, round 1: non-finite loss"):
+        strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), bad], [])
+
+
+def test_standalone_sends_weights_once_and_evaluates_each_client():
+    strategy, cm, proxies, rec = make(Standalone)
+    ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
+    assert all(fi.parameters.tensors and fi.config["replace"] for _, fi in ins)
+    params, _ = strategy.aggregate_fit(1, [result(p, upd(k, k), 10) for k, p in enumerate(proxies)], [])
+    assert np.allclose(parameters_to_ndarrays(params)[0], 0.0)  # nothing aggregated
+    ins = strategy.configure_fit(2, params, cm)
+    assert all(not fi.parameters.tensors and not fi.config["replace"] for _, fi in ins)
+    assert strategy.record["bytes_sent"] == 0
+    strategy.evaluate(2, params)
+    assert rec.evals[-1] == (2, ["0", "1", "2"], False)
