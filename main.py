@@ -20,11 +20,12 @@ log = logging.getLogger("fedssl")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from app.simulation import RunFailed
+    from strategies import RunStopped
     from tasks.checkpoint import CheckpointError
     from tasks.data import DataError
     from tasks.partition import PartitionError
 
-    return (ConfigError, DataError, PartitionError, CheckpointError, RunFailed)
+    return (ConfigError, DataError, PartitionError, CheckpointError, RunFailed, RunStopped)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)

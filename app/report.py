@@ -152,6 +152,8 @@ class RunReport:
             parts.append(f"FAILED clients {[f['partition_id'] for f in record['failures']]}")
         if record.get("rejected"):
             parts.append(f"REJECTED {[r['partition_id'] for r in record['rejected']]}")
+        if record.get("fatal_error"):
+            parts.append(f"STOPPED: {record['fatal_error']}")
         return " | ".join(parts)
 
     # ------------------------------------------------------------------ end of run

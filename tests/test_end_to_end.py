@@ -11,11 +11,15 @@ from tasks.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
 
+def launch(tmp_path: Path, data_dir, cache_dir, *overrides) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "main.py", "dataset=cifar100", "num_clients=3", "experiment=smoke",
+           f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 def run_main(tmp_path: Path, data_dir, cache_dir, *overrides) -> dict:
     out = tmp_path / "run"
-    cmd = [sys.executable, "main.py", "dataset=cifar100", "num_clients=3", "experiment=smoke",
-           f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={out}", *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = launch(tmp_path, data_dir, cache_dir, *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[round 2/2]" in proc.stdout + proc.stderr
     return json.loads((out / "summary.json").read_text())
@@ -54,3 +58,11 @@ def test_standalone_simulation_evaluates_every_client(tmp_path, data_dir, cache_
     assert s["final"]["knn_accuracy"] == pytest.approx(mean)
     assert s["rounds"][1]["bytes_sent"] == 0  # nothing is sent after the first round
     assert sorted(load_checkpoint(s["checkpoint"])["models"]) == ["0", "1", "2"]
+
+
+def test_non_finite_loss_stops_the_run_naming_client_and_round(tmp_path, data_dir, cache_dir):
+    proc = launch(tmp_path, data_dir, cache_dir, "ssl.lr=1e30")
+    assert proc.returncode != 0
+    assert "error: client" in proc.stderr and "round 1: non-finite loss" in proc.stderr
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "failed" and "non-finite loss" in s["error"]
