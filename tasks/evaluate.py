@@ -65,3 +65,20 @@ def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, n
             opt.step()
     with torch.no_grad():
         return float((layer(test_f).argmax(1) == test_y).float().mean())
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 512) -> None:
+    """Re-estimate BatchNorm running statistics on `images` (cumulative average, no training).
+
+    Used for the global encoder under `strategy.bn=local`, whose BatchNorm statistics never
+    left the clients, so the server has none of its own.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.to(device).train()
+    for i in range(0, len(images), batch_size):
+        net(to_float(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])), device))
+    net.eval()

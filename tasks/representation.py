@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tasks.evaluate import extract_features, knn_accuracy, linear_probe
+from tasks.evaluate import extract_features, knn_accuracy, linear_probe, recalibrate_batchnorm
 from tasks.federated_data import evaluation_sets
 from tasks.train import resolve_device
 from tasks.wire import build_federated_method, set_arrays
@@ -33,6 +33,9 @@ class RepresentationEvaluator:
         method, plan, keys = build_federated_method(self.cfg)
         set_arrays(method, keys, arrays)
         encoder = getattr(method, plan.eval_encoder)
+        if self.cfg["strategy"].get("bn") == "local":  # no BatchNorm statistics were uploaded
+            s = self.sets()
+            recalibrate_batchnorm(encoder, s["x_bank"], resolve_device(str(self.cfg["device"])), int(self.ev["batch_size"]))
         return encoder if self.ev["knn_features"] == "projector" else encoder.backbone
 
     def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:

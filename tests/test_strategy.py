@@ -166,3 +166,12 @@ def test_standalone_sends_weights_once_and_evaluates_each_client():
     assert strategy.record["bytes_sent"] == 0
     strategy.evaluate(2, params)
     assert rec.evals[-1] == (2, ["0", "1", "2"], False)
+
+
+def test_reference_divergence_uses_what_each_client_measured():
+    strategy, cm, proxies, _ = make(FedU, mu=0.4, divergence="reference")
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    results = [result(p, upd(0, 0), 10, divergence_reference=d) for p, d in zip(proxies, (0.1, 0.4, 0.9))]
+    strategy.aggregate_fit(1, results, [])
+    assert strategy.divergence == {0: 0.1, 1: 0.4, 2: 0.9}
+    assert strategy.adopt_global == {0: True, 1: False, 2: False}
