@@ -46,8 +46,16 @@ def knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=200, t
 
 def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, num_classes: int,
                  epochs: int = 200, lr: float = 3e-3, batch_size: int = 2048, seed: int = 0) -> float:
-    """A linear layer on cached frozen features, Adam, `epochs` passes; test top-1 (SPEC §4)."""
+    """A linear layer on cached frozen features, Adam, `epochs` passes; test top-1 (SPEC §4).
+
+    Features are standardised with the training set's per-dimension mean and std first. The
+    classifier stays linear in the features (the affine map folds into the layer), but Adam's
+    fixed step no longer depends on the feature scale, which otherwise differs by orders of
+    magnitude between a random and a trained encoder. Deliberate addition to SPEC §4.
+    """
     g = torch.Generator().manual_seed(seed)
+    mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True).clamp_min(1e-6)
+    train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
     train_y, test_y = torch.as_tensor(train_y), torch.as_tensor(test_y)
     layer = nn.Linear(train_f.shape[1], num_classes)
     with torch.no_grad():
