@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -35,10 +36,20 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("flwr").propagate = False  # flwr prints its own lines; no duplicates
     logging.getLogger("alembic").setLevel(logging.WARNING)
     plain = to_plain(cfg)
-    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
-    plain["output_dir"] = str(out_dir)
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in ("resume", "output_dir")]
+    plain["command_line"] = overrides
     try:
-        summary = run(plain, out_dir)
+        resume_state = None
+        if plain["resume"]:
+            from app.resume import load_state, resumed_config
+
+            resume_state = load_state(plain["resume"])
+            plain = resumed_config(resume_state, overrides)
+            out_dir = plain["resume"] = plain["output_dir"] = str(Path(cfg.resume))
+        else:
+            out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
+        plain["output_dir"] = str(out_dir)
+        summary = run(plain, out_dir, resume_state)
     except _user_errors() as err:
         sys.exit(f"error: {err}")
     final = summary["final"]

@@ -14,10 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from flwr.client import ClientApp
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.server import ServerApp, ServerAppComponents
 
 from app.config import compose, to_plain
-from app.federation import build_strategy, client_resources
+from app.federation import build_strategy, client_resources, server_config
 from app.report import RunReport
 from app.simulation import preflight
 from clients.ssl_client import SSLClient
@@ -34,7 +34,7 @@ def _server_fn(context) -> ServerAppComponents:
     cfg["output_dir"] = out_dir
     preflight(cfg)
     report = RunReport(cfg, Path(out_dir))
-    return ServerAppComponents(strategy=build_strategy(cfg, report), config=ServerConfig(num_rounds=cfg["num_rounds"]))
+    return ServerAppComponents(strategy=build_strategy(cfg, report), config=server_config(cfg))
 
 
 def _client_fn(context):
@@ -48,7 +48,8 @@ def _client_fn(context):
             f"has num_clients={cfg['num_clients']}; restart it with matching --node-config"
         )
     threads = int(client_resources(cfg)["num_cpus"])
-    return SSLClient(cfg, int(node["partition-id"]), context.state, threads=threads).to_client()
+    state_dir = str(node["state-dir"]) if "state-dir" in node else None
+    return SSLClient(cfg, int(node["partition-id"]), context.state, threads=threads, state_dir=state_dir).to_client()
 
 
 server_app = ServerApp(server_fn=_server_fn)

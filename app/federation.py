@@ -6,16 +6,19 @@ these builders, so the two modes cannot drift apart (DESIGN.md "Layout").
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from flwr.client import ClientApp
+from flwr.common import log
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from app.report import RunReport
+from app.resume import save_state, set_rng_states
 from clients.ssl_client import SSLClient
 from strategies import STRATEGIES, Layout, ServerHooks
-from tasks.checkpoint import save_checkpoint
+from tasks.checkpoint import CheckpointError, save_checkpoint
 from tasks.representation import RepresentationEvaluator
 from tasks.wire import build_federated_method, divergence_layers, get_arrays, layout_fingerprint
 
@@ -48,15 +51,29 @@ def build_layout(cfg: dict):
     return layout, arrays
 
 
-def build_strategy(cfg: dict, report: RunReport):
+def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = None):
+    """The configured strategy with its hooks; `resume_state` (app/resume.py) continues a run."""
     layout, initial = build_layout(cfg)
+    if resume_state is not None:
+        if resume_state["layout"] != layout.fingerprint:
+            raise CheckpointError("resume: the saved global model does not fit this model/method config "
+                                  "(different keys or shapes); resume with the original settings")
+        initial = resume_state["arrays"]
+        set_rng_states(resume_state["rng"])
     evaluator = RepresentationEvaluator(cfg)
     out_dir = Path(report.out_dir)
 
     def checkpoint(models, server_round):
         return save_checkpoint(out_dir / "checkpoint_final.pt", cfg, layout.keys, models, server_round)
 
-    hooks = ServerHooks(evaluate=evaluator, report=report.report, save_checkpoint=checkpoint)
+    def persist(server_round, arrays, strategy_state):
+        save_state(out_dir, server_round, cfg, layout.fingerprint, arrays, strategy_state, report.summary)
+        if cfg["faults"]["exit_after_round"] == server_round:
+            log(logging.ERROR, "fault injection: the server process dies after round %s", server_round)
+            os._exit(75)
+
+    hooks = ServerHooks(evaluate=evaluator, report=report.report, save_checkpoint=checkpoint,
+                        save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None))
     st = cfg["strategy"]
     common = dict(
         layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
@@ -64,6 +81,7 @@ def build_strategy(cfg: dict, report: RunReport):
         min_fit_clients=int(cfg["min_fit_clients"]), eval_every=int(cfg["eval_every"]),
         eval_at_start=bool(cfg["eval"]["at_start"]), seed=int(cfg["seed"]),
         norm_bound=None if cfg.get("norm_bound") is None else float(cfg["norm_bound"]),
+        checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state,
     )
     cls = STRATEGIES[st["name"]]
     if st["name"] in ("fedu", "fedbyol"):
@@ -71,9 +89,16 @@ def build_strategy(cfg: dict, report: RunReport):
     return cls(**common)
 
 
-def build_server_app(cfg: dict, report: RunReport) -> ServerApp:
+def server_config(cfg: dict, resume_state: dict | None = None) -> ServerConfig:
+    done = resume_state["round"] if resume_state else 0  # Flower counts the remaining rounds from 1
+    timeout = cfg.get("round_timeout")
+    return ServerConfig(num_rounds=cfg["num_rounds"] - done, round_timeout=None if timeout is None else float(timeout))
+
+
+def build_server_app(cfg: dict, report: RunReport, resume_state: dict | None = None) -> ServerApp:
     def server_fn(context) -> ServerAppComponents:
-        return ServerAppComponents(strategy=build_strategy(cfg, report), config=ServerConfig(num_rounds=cfg["num_rounds"]))
+        return ServerAppComponents(strategy=build_strategy(cfg, report, resume_state),
+                                   config=server_config(cfg, resume_state))
 
     return ServerApp(server_fn=server_fn)
 

@@ -29,11 +29,17 @@ def _mb(n: float) -> str:
 
 
 class RunReport:
-    def __init__(self, cfg: dict, out_dir: Path):
+    def __init__(self, cfg: dict, out_dir: Path, resume_state: dict | None = None):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "summary.json"
         self.t0 = time.perf_counter()
+        if resume_state is not None:
+            self.summary = self._resumed(resume_state)
+            self.t0 -= self.summary["wall_seconds"]
+            self.wandb = self._start_wandb(resume_id=resume_state.get("wandb_run_id"))
+            self._save()
+            return
         self.summary = {
             "status": "running",
             "error": None,
@@ -58,8 +64,22 @@ class RunReport:
         self.wandb = self._start_wandb()
         self._save()
 
+    def _resumed(self, state: dict) -> dict:
+        """The saved summary up to the checkpoint round; anything after it is discarded."""
+        k = int(state["round"])
+        summary = dict(state["summary"])
+        summary.update(status="running", error=None, config=self.cfg, num_rounds=self.cfg["num_rounds"],
+                       output_dir=str(self.out_dir), checkpoint=None, final={})
+        summary["rounds"] = [r for r in summary["rounds"] if r["round"] <= k]
+        summary["knn"] = [e for e in summary["knn"] if e["round"] <= k]
+        summary["failures"] = [f for f in summary["failures"] if f["round"] <= k]
+        summary["rejected"] = [r for r in summary["rejected"] if r["round"] <= k]
+        summary.setdefault("resumed", []).append({"from_round": k, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        log.info("resuming %s from round %d of %d", self.out_dir, k, self.cfg["num_rounds"])
+        return summary
+
     # ------------------------------------------------------------------ W&B
-    def _start_wandb(self):
+    def _start_wandb(self, resume_id: str | None = None):
         wb = self.cfg["wandb"]
         if wb["mode"] == "disabled":
             return None
@@ -70,7 +90,7 @@ class RunReport:
         run = wandb.init(
             mode=wb["mode"], project=wb["project"], entity=wb.get("entity"), name=wb.get("name"),
             group=wb.get("group"), tags=list(wb.get("tags") or []), config=self.cfg, dir=str(self.out_dir),
-            reinit="finish_previous",
+            reinit="finish_previous", id=resume_id, resume="allow" if resume_id else None,
         )
         self.summary["wandb"].update({"run_id": run.id, "dir": str(getattr(run, "dir", self.out_dir))})
         return run

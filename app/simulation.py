@@ -44,16 +44,18 @@ def cpu_warning(cfg: dict) -> None:
         )
 
 
-def run(cfg: dict, out_dir: str | Path) -> dict:
+def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> dict:
     """Simulate the federation described by the resolved config `cfg`; write results to out_dir.
 
+    `resume_state` (app/resume.load_state) continues an interrupted run in the same out_dir.
     This is the only place that calls the simulation engine (DESIGN.md conv. 7).
     """
     from flwr.simulation import run_simulation
 
     preflight(cfg)
     cpu_warning(cfg)
-    report = RunReport(cfg, Path(out_dir))
+    cfg = dict(cfg, client_state_dir=str(Path(out_dir) / "client_state"))
+    report = RunReport(cfg, Path(out_dir), resume_state)
     resources = client_resources(cfg)
     init_args = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if cfg["ray"].get("address"):
@@ -63,7 +65,7 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     log.info("simulating %d clients (%s per client) -> %s", cfg["num_clients"], resources, report.out_dir)
     try:
         run_simulation(
-            server_app=build_server_app(cfg, report),
+            server_app=build_server_app(cfg, report, resume_state),
             client_app=build_client_app(cfg),
             num_supernodes=cfg["num_clients"],
             backend_config={"client_resources": resources, "init_args": init_args},

@@ -8,12 +8,14 @@ in `context.state`, because Flower builds a new client object every round.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.client import NumPyClient
 
+from clients import state_store
 from strategies.weights import layer_divergence
 from tasks.federated_data import client_images
 from tasks.train import NonFiniteLossError, client_generator, resolve_device, round_lr, train_one_round
@@ -34,9 +36,20 @@ class LayoutMismatch(RuntimeError):
     """Server and client disagree on what is uploaded (different config or code version)."""
 
 
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `faults.client_raise`, to test what a run survives."""
+
+
+def _hit(pairs, pid: int, rnd: int) -> bool:
+    return any(int(p) == pid and int(r) == rnd for p, r in (pairs or []))
+
+
 class SSLClient(NumPyClient):
-    def __init__(self, cfg: dict, partition_id: int, state: RecordDict, threads: int = 1):
+    def __init__(self, cfg: dict, partition_id: int, state: RecordDict, threads: int = 1,
+                 state_dir: str | None = None):
         self.cfg, self.pid, self.state, self.threads = cfg, int(partition_id), state, threads
+        root = state_dir or cfg.get("client_state_dir")
+        self.state_dir = Path(root) / str(self.pid) if root else None
 
     def get_properties(self, config):
         return {"partition_id": self.pid}
@@ -52,9 +65,32 @@ class SSLClient(NumPyClient):
         self.state[STATE_WEIGHTS] = ArrayRecord({k: sd[k].detach().cpu() for k in keep})
         self.state[STATE_INFO] = ConfigRecord(info)
 
+    def _recover(self, resume_round: int) -> None:
+        """After a restart the in-memory state is empty: reload the saved one (<= resume_round)."""
+        if STATE_WEIGHTS in self.state or resume_round <= 0 or self.state_dir is None:
+            return
+        state_store.restore(self.state_dir, resume_round, self.state)
+
+    def _inject_faults(self, rnd: int) -> None:
+        faults = self.cfg.get("faults") or {}
+        if _hit(faults.get("client_hang"), self.pid, rnd):
+            time.sleep(float(faults.get("hang_seconds", 60)))
+        if _hit(faults.get("client_raise"), self.pid, rnd):
+            raise InjectedFault(f"injected fault: client {self.pid} raises in round {rnd}")
+
+    def _corrupt(self, arrays: list[np.ndarray], rnd: int) -> list[np.ndarray]:
+        faults = self.cfg.get("faults") or {}
+        if _hit(faults.get("nan_update"), self.pid, rnd):
+            arrays[0] = np.full_like(arrays[0], np.nan)
+        if _hit(faults.get("wrong_shape_update"), self.pid, rnd):
+            arrays[0] = arrays[0].reshape(-1)[:-1].copy()
+        return arrays
+
     def fit(self, parameters, config):
         cfg, rnd = self.cfg, int(config["server_round"])
         who = f"client {self.pid}, round {rnd}"
+        self._inject_faults(rnd)
+        self._recover(int(config.get("resume_round", 0)))
         torch.set_num_threads(self.threads)
         device = resolve_device(str(cfg["device"]))
         method, plan, keys = build_federated_method(cfg)
@@ -91,6 +127,8 @@ class SSLClient(NumPyClient):
                          keep_optional=strategy == "fedu" and cfg["strategy"].get("predictor") != "global")
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
         self._persist(method, keep, info)
+        if int(config.get("checkpoint_every", 0)) > 0 and self.state_dir is not None:
+            state_store.save(self.state_dir, rnd, self.state, keep_from=int(config.get("last_checkpoint", 0)))
         metrics = {
             "partition_id": self.pid,
             "loss": stats["loss"],
@@ -100,4 +138,4 @@ class SSLClient(NumPyClient):
             "predictor_used": predictor_used,
             "divergence_reference": layer_divergence(before, after, list(range(len(div_idx)))) if div_idx else 0.0,
         }
-        return get_arrays(method, keys), len(images), metrics
+        return self._corrupt(get_arrays(method, keys), rnd), len(images), metrics

@@ -18,6 +18,7 @@ Per-round protocol, shared by all three:
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,12 +53,15 @@ class ServerHooks:
     evaluate(round, models, final) -> metrics: `models` maps a name ("global" or a
         partition id) to uploaded-layout arrays; final=True asks for the linear probe too.
     report(record): one round's record (fit and evaluation), for summary.json/console/W&B.
-    save_checkpoint(models, round) -> path of the checkpoint written.
+    save_checkpoint(models, round) -> path of the final checkpoint written.
+    save_state(round, global arrays, strategy state): persist the federation after a round
+        (resume); called every `checkpoint_every` rounds and after the last one.
     """
 
     evaluate: Callable[[int, dict[str, NDArrays], bool], dict]
     report: Callable[[dict], None]
     save_checkpoint: Callable[[dict[str, NDArrays], int], str]
+    save_state: Callable[[int, NDArrays, dict], None] = lambda rnd, arrays, state: None
 
 
 @dataclass
@@ -81,11 +85,57 @@ class Layout:
         return None
 
 
+class ClientFailed(RuntimeError):
+    """A selected client did not deliver an update; carries its partition id."""
+
+    def __init__(self, partition_id: int, error: BaseException):
+        super().__init__(f"client {partition_id}: {type(error).__name__}: {error}")
+        self.partition_id, self.error = partition_id, error
+
+
+class _TrackedClient(ClientProxy):
+    """Wraps a ClientProxy for one fit call so that a failure names the client it came from
+    (Flower reports a failed fit as a bare exception)."""
+
+    def __init__(self, inner: ClientProxy, partition_id: int):
+        super().__init__(inner.cid)
+        self.inner, self.partition_id = inner, partition_id
+
+    def fit(self, ins, timeout, group_id):
+        try:
+            return self.inner.fit(ins, timeout=timeout, group_id=group_id)
+        except BaseException as err:  # noqa: BLE001 - re-raised with the client's id
+            raise ClientFailed(self.partition_id, err) from err
+
+    def get_properties(self, ins, timeout, group_id):
+        return self.inner.get_properties(ins, timeout, group_id)
+
+    def get_parameters(self, ins, timeout, group_id):
+        return self.inner.get_parameters(ins, timeout, group_id)
+
+    def evaluate(self, ins, timeout, group_id):
+        return self.inner.evaluate(ins, timeout, group_id)
+
+    def reconnect(self, ins, timeout, group_id):
+        return self.inner.reconnect(ins, timeout, group_id)
+
+
+_CAUSE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Fault)): ([^\n'\\]+)")
+
+
 def _error_text(failure) -> str:
-    if isinstance(failure, BaseException):
-        return f"{type(failure).__name__}: {failure}"
-    _, res = failure
-    return f"status {res.status.code.name}: {res.status.message}"
+    """A one-line reason: the client's own exception, or that its message expired (timeout)."""
+    if isinstance(failure, ClientFailed):
+        text = str(failure.error)
+    elif isinstance(failure, BaseException):
+        text = f"{type(failure).__name__}: {failure}"
+    else:
+        _, res = failure
+        return f"status {res.status.code.name}: {res.status.message}"
+    if "TTL" in text or "expired" in text:
+        return "no answer within round_timeout (the message expired)"
+    causes = [m for m in _CAUSE.findall(text) if "RayTaskError" not in m[0] and m[0] != "ValueError"]
+    return f"{causes[-1][0]}: {causes[-1][1].strip()}" if causes else text[:500]
 
 
 class FedSSL(FedAvg):
@@ -107,6 +157,8 @@ class FedSSL(FedAvg):
         eval_at_start: bool = False,
         seed: int = 0,
         norm_bound: float | None = None,
+        checkpoint_every: int = 0,
+        resume_from: dict | None = None,
     ):
         super().__init__(
             fraction_fit=fraction_fit,
@@ -120,10 +172,26 @@ class FedSSL(FedAvg):
         self.layout, self.hooks = layout, hooks
         self.num_rounds, self.num_clients, self.seed = num_rounds, num_clients, seed
         self.eval_every, self.eval_at_start, self.norm_bound = eval_every, eval_at_start, norm_bound
+        self.checkpoint_every = checkpoint_every
         self.pid_of: dict[str, int] = {}  # Flower node id -> partition id
         self.participated: set[int] = set()
         self.record: dict = {}
         self._round_start = time.perf_counter()
+        # Resume: Flower counts rounds from 1 again; `round_offset` maps them to the real ones.
+        self.round_offset = 0
+        self.last_checkpoint = 0
+        if resume_from is not None:
+            self.round_offset = self.last_checkpoint = int(resume_from["round"])
+            self.load_state_dict(resume_from["strategy_state"])
+
+    # ---------------------------------------------------------------- state for resume
+    def state_dict(self) -> dict:
+        """Everything the strategy remembers across rounds, as plain Python/NumPy values.
+        Subclasses extend it; node ids are not kept (they change when a federation restarts)."""
+        return {"participated": sorted(self.participated)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.participated = set(int(p) for p in state["participated"])
 
     # ---------------------------------------------------------------- client selection
     def _learn_partition_ids(self, clients: Sequence[ClientProxy]) -> None:
@@ -156,12 +224,17 @@ class FedSSL(FedAvg):
             "layout": self.layout.fingerprint,
             "replace": True,
             "adopt_global_predictor": True,
+            # resume: clients with no state in memory look for their saved state <= this round
+            "resume_round": self.round_offset,
+            "checkpoint_every": self.checkpoint_every,
+            "last_checkpoint": self.last_checkpoint,
         }
 
     def sends_weights_to(self, pid: int) -> bool:
         return True
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        server_round += self.round_offset
         self._round_start = time.perf_counter()
         chosen = self.sample_clients(server_round, client_manager)
         empty = Parameters(tensors=[], tensor_type="numpy.ndarray")
@@ -170,7 +243,7 @@ class FedSSL(FedAvg):
             pid = self.pid_of[c.cid]
             params = parameters if self.sends_weights_to(pid) else empty
             sent += sum(len(t) for t in params.tensors)
-            instructions.append((c, FitIns(params, self.client_config(server_round, pid))))
+            instructions.append((_TrackedClient(c, pid), FitIns(params, self.client_config(server_round, pid))))
         self.record = {
             "round": server_round,
             "selected": sorted(self.pid_of[c.cid] for c in chosen),
@@ -190,7 +263,8 @@ class FedSSL(FedAvg):
         rec = self.record
         rec["bytes_received"] = sum(sum(len(t) for t in r.parameters.tensors) for _, r in results)
         for f in failures:
-            pid = self.pid_of.get(f[0].cid) if isinstance(f, tuple) else None
+            pid = f.partition_id if isinstance(f, ClientFailed) else (
+                self.pid_of.get(f[0].cid) if isinstance(f, tuple) else None)
             rec["failures"].append({"partition_id": pid, "round": server_round, "error": _error_text(f)})
             log(WARNING, "round %s: client %s failed: %s", server_round, pid, _error_text(f))
         updates = []
@@ -236,6 +310,7 @@ class FedSSL(FedAvg):
         return weighted_average([u[1] for u in updates], [u[2] for u in updates])
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
+        server_round += self.round_offset
         try:
             updates = self._collect(server_round, results, failures)
             aggregated = self.aggregate_updates(server_round, updates)
@@ -251,6 +326,9 @@ class FedSSL(FedAvg):
         return {"global": parameters_to_ndarrays(parameters)}
 
     def evaluate(self, server_round: int, parameters: Parameters):
+        if server_round == 0 and self.round_offset > 0:
+            return None  # resumed: the starting point was evaluated in the interrupted run
+        server_round += self.round_offset
         final = server_round == self.num_rounds
         due = final or (server_round == 0 and self.eval_at_start) or (
             server_round > 0 and self.eval_every > 0 and server_round % self.eval_every == 0
@@ -267,6 +345,9 @@ class FedSSL(FedAvg):
             record["wall_seconds"] = time.perf_counter() - self._round_start
         if server_round > 0 or due:
             self.hooks.report(record)
+        if server_round > 0 and (final or (self.checkpoint_every > 0 and server_round % self.checkpoint_every == 0)):
+            self.hooks.save_state(server_round, parameters_to_ndarrays(parameters), self.state_dict())
+            self.last_checkpoint = server_round
         if due:
             return 0.0, {k: v for k, v in record["eval"].items() if isinstance(v, (int, float))}
         return None
@@ -282,6 +363,8 @@ class FedU(FedSSL):
     """
 
     def __init__(self, *, predictor: str = "dapu", mu: float = 0.4, divergence: str = "paper", **kwargs):
+        self.divergence: dict[int, float] = {}  # last divergence per partition id
+        self.adopt_global: dict[int, bool] = {}  # decision for the client's next participation
         super().__init__(**kwargs)
         if predictor not in ("dapu", "global", "local"):
             raise ValueError(f"unknown predictor mode '{predictor}'; valid: ['dapu', 'global', 'local']")
@@ -292,8 +375,14 @@ class FedU(FedSSL):
         if not self.layout.divergence_layers:
             raise ValueError("FedU needs backbone conv layers in the uploaded parts to measure divergence")
         self.predictor_mode, self.mu, self.divergence_form = predictor, mu, divergence
-        self.divergence: dict[int, float] = {}  # last divergence per partition id
-        self.adopt_global: dict[int, bool] = {}  # decision for the client's next participation
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "divergence": dict(self.divergence), "adopt_global": dict(self.adopt_global)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.divergence = {int(k): float(v) for k, v in state["divergence"].items()}
+        self.adopt_global = {int(k): bool(v) for k, v in state["adopt_global"].items()}
 
     def client_config(self, server_round: int, pid: int) -> dict[str, Scalar]:
         config = super().client_config(server_round, pid)
@@ -332,9 +421,16 @@ class Standalone(FedSSL):
     """
 
     def __init__(self, **kwargs):
+        self.latest: dict[int, NDArrays] = {}
         super().__init__(**kwargs)
         self.initial_arrays = [a.copy() for a in kwargs["initial_arrays"]]
-        self.latest: dict[int, NDArrays] = {}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "latest": {pid: arrays for pid, arrays in self.latest.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.latest = {int(pid): [np.asarray(a) for a in arrays] for pid, arrays in state["latest"].items()}
 
     def client_config(self, server_round: int, pid: int) -> dict[str, Scalar]:
         config = super().client_config(server_round, pid)

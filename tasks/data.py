@@ -163,7 +163,7 @@ class ImageArrays:
 def load_dataset(name: str, data_dir: str, cache_dir: str, download: bool = False) -> ImageArrays:
     """Load (and cache) a dataset; cached per process so Ray actors read it once."""
     info = dataset_info(name)
-    root = Path(data_dir).expanduser()
+    root = Path(data_dir).expanduser().resolve()
     source = next((p for p in _npz_candidates(root, info) if p.is_file()), None)
     tv_folder = root / info.torchvision_folder
     if source is not None:

@@ -1,0 +1,106 @@
+"""Persisting and resuming a whole federation (server side).
+
+Every `checkpoint_every` rounds the server writes `<run dir>/state/server.pt` atomically:
+the round, the global weights, the strategy's state (per-client divergences, decisions, ...),
+the results so far, the random-number states and the W&B run id. Clients write their own
+local state next to it (clients/state_store.py) — in a deployment, on their own machines.
+`python main.py resume=<run dir>` continues from the last complete round.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.config import compose, to_plain
+from tasks.checkpoint import CheckpointError
+
+FORMAT = "fedssl-state-v1"
+STATE_FILE = Path("state") / "server.pt"
+# Keys a resumed run may change: where and how it runs, not what it computes.
+RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "round_timeout", "faults",
+                "output_dir", "resume", "data_dir", "cache_dir", "data_download", "checkpoint_every",
+                "eval_every", "command_line", "client_state_dir")
+
+
+def rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+
+
+def save_state(out_dir: Path, server_round: int, cfg: dict, fingerprint: str, arrays, strategy_state: dict,
+               summary: dict) -> Path:
+    path = Path(out_dir) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT, "round": server_round, "config": cfg, "layout": fingerprint,
+        "arrays": [np.asarray(a) for a in arrays], "strategy_state": strategy_state,
+        "summary": summary, "rng": rng_states(), "wandb_run_id": summary.get("wandb", {}).get("run_id"),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        hint = " (the run was started with checkpoint_every=0)" if (Path(run_dir) / "summary.json").is_file() else ""
+        raise CheckpointError(f"resume: no federation state at {path}{hint}; "
+                              f"give resume=<the output directory of a run that saved a checkpoint>")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"resume: {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                              f"it cannot be resumed, start a new run") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"resume: {path} is not a federation state ({FORMAT}) file")
+    return payload
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _runtime(key: str) -> bool:
+    return key.split(".", 1)[0] in RUNTIME_KEYS
+
+
+def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
+    """The saved run's config with this command's overrides on top.
+
+    Only runtime keys may change (RUNTIME_KEYS); anything else that differs — another
+    strategy, model, dataset, seed... — is refused with the keys named.
+    """
+    original = list(saved["config"].get("command_line") or [])
+    extra = [o for o in new_overrides if not o.split("=", 1)[0].lstrip("+~") in ("resume", "output_dir")]
+    cfg = to_plain(compose(original + extra))
+    before, after = _flatten(saved["config"]), _flatten(cfg)
+    changed = sorted(k for k in set(before) | set(after)
+                     if not _runtime(k) and before.get(k, "<absent>") != after.get(k, "<absent>"))
+    if changed:
+        detail = "; ".join(f"{k}: checkpoint {before.get(k, '<absent>')!r}, this command {after.get(k, '<absent>')!r}"
+                           for k in changed[:8])
+        raise CheckpointError(f"resume: this command does not match the checkpoint ({detail}). "
+                              f"Resume with the original settings, or start a new run without resume=")
+    if cfg["num_rounds"] <= saved["round"]:
+        raise CheckpointError(f"resume: the checkpoint is at round {saved['round']} and num_rounds is "
+                              f"{cfg['num_rounds']}; nothing left to run (raise num_rounds to continue)")
+    cfg["command_line"] = original + extra
+    return cfg

@@ -1,0 +1,125 @@
+"""Runs that survive: resume after a crash (bit-identical), failing clients, bad updates,
+bad resume input. The simulations here are tiny (smoke preset, 3 clients)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from app.config import compose, to_plain
+from app.resume import load_state, resumed_config, save_state
+from clients import state_store
+from tasks.checkpoint import CheckpointError, load_checkpoint
+from tests.conftest import ROOT
+from tests.test_strategy import make, result, upd
+from strategies import FedU
+
+
+def main_py(tmp_path, data_dir, cache_dir, *overrides, out="run"):
+    cmd = [sys.executable, "main.py", "experiment=smoke", "num_clients=3", f"data_dir={data_dir}",
+           f"cache_dir={cache_dir}", f"output_dir={tmp_path / out}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def final_weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoint_final.pt")["models"]["global"]
+
+
+def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_dir, cache_dir):
+    common = ["num_rounds=4", "checkpoint_every=2", "strategy=fedu"]
+    whole = main_py(tmp_path, data_dir, cache_dir, *common, out="whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = main_py(tmp_path, data_dir, cache_dir, *common, "faults.exit_after_round=2", out="killed")
+    assert killed.returncode == 75  # died abruptly right after saving round 2
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "running"
+    resumed = subprocess.run([sys.executable, "main.py", f"resume={tmp_path / 'killed'}", f"data_dir={data_dir}",
+                              f"cache_dir={cache_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6), k
+    s = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert s["status"] == "completed" and [r["round"] for r in s["rounds"]] == [1, 2, 3, 4]
+    assert s["resumed"][0]["from_round"] == 2
+    w = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert [r["train_loss"] for r in s["rounds"]] == pytest.approx([r["train_loss"] for r in w["rounds"]])
+    # the decisions carried across the restart are the same as in the uninterrupted run
+    assert [r["clients"]["1"]["predictor_used"] for r in s["rounds"]] == \
+           [r["clients"]["1"]["predictor_used"] for r in w["rounds"]]
+
+
+def test_failing_hanging_and_corrupt_clients_are_recorded_and_the_run_completes(tmp_path, data_dir, cache_dir):
+    proc = main_py(tmp_path, data_dir, cache_dir, "num_rounds=2", "round_timeout=6",
+                   "faults.client_hang=[[0,1]]", "faults.hang_seconds=12", "faults.nan_update=[[2,1]]",
+                   "faults.client_raise=[[1,2]]", "faults.wrong_shape_update=[[0,2]]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "completed"
+    failures = {(f["partition_id"], f["round"]): f["error"] for f in s["failures"]}
+    assert failures[(0, 1)] == "no answer within round_timeout (the message expired)"
+    assert "InjectedFault: injected fault: client 1 raises in round 2" in failures[(1, 2)]
+    rejected = {(r["partition_id"], r["round"]): r["reason"] for r in s["rejected"]}
+    assert "non-finite values" in rejected[(2, 1)] and "shape" in rejected[(0, 2)]
+    assert sorted(s["rounds"][0]["clients"]) == ["1"] and sorted(s["rounds"][1]["clients"]) == ["2"]
+    assert "FAILED clients [0]" in proc.stdout + proc.stderr
+
+
+def test_resume_refuses_a_different_strategy_and_a_corrupt_state(tmp_path):
+    cfg = to_plain(compose(["experiment=smoke", "strategy=fedu"]))
+    cfg["command_line"] = ["experiment=smoke", "strategy=fedu"]
+    save_state(tmp_path, 2, cfg, "f", [np.zeros(2)], {"participated": []}, {"rounds": []})
+    saved = load_state(tmp_path)
+    with pytest.raises(CheckpointError, match="strategy.name: checkpoint 'fedu', this command 'fedbyol'"):
+        resumed_config(saved, ["strategy=fedbyol"])
+    with pytest.raises(CheckpointError, match="model.width"):
+        resumed_config(saved, ["model.width=0.5"])
+    ok = resumed_config(saved, ["num_rounds=5", "device=cpu"])  # runtime keys may change
+    assert ok["num_rounds"] == 5 and ok["strategy"]["name"] == "fedu"
+    with pytest.raises(CheckpointError, match="nothing left to run"):
+        resumed_config(saved, ["num_rounds=2"])
+    (tmp_path / "state" / "server.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_state(tmp_path)
+    with pytest.raises(CheckpointError, match="no federation state"):
+        load_state(tmp_path / "elsewhere")
+
+
+def test_client_state_store_keeps_what_resume_needs(tmp_path):
+    def state(v):
+        rd = RecordDict()
+        rd["w"] = ArrayRecord({"target.x": torch.full((2,), float(v))})
+        rd["info"] = ConfigRecord({"last_round": v})
+        return rd
+
+    folder = tmp_path / "3"
+    for r, ckpt in ((1, 0), (2, 0), (3, 2), (5, 2), (6, 5)):
+        state_store.save(folder, r, state(r), keep_from=ckpt)
+    # after round 6 with the last checkpoint at 5: keep round 5 (newest <= 5) and round 6
+    assert state_store.rounds_on_disk(folder) == [5, 6]
+    restored = RecordDict()
+    assert state_store.restore(folder, 5, restored) == 5
+    assert torch.equal(restored["w"].to_torch_state_dict()["target.x"], torch.full((2,), 5.0))
+    assert dict(restored["info"]) == {"last_round": 5}
+    assert state_store.restore(folder, 4, RecordDict()) is None
+    (folder / "round-5.pt").write_bytes(b"broken")
+    with pytest.raises(state_store.ClientStateError, match="round-5.pt is corrupt"):
+        state_store.restore(folder, 5, RecordDict())
+
+
+def test_strategy_state_round_trip_and_round_offset():
+    strategy, cm, proxies, _ = make(FedU, mu=0.4)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    strategy.aggregate_fit(1, [result(proxies[0], upd(0.0, 1.0), 100), result(proxies[1], upd(0.3, 2.0), 100),
+                               result(proxies[2], upd(0.3, 4.0), 200)], [])
+    saved = {"round": 1, "strategy_state": strategy.state_dict()}
+    again, cm2, _, _ = make(FedU, mu=0.4, resume_from=saved)
+    assert again.adopt_global == strategy.adopt_global and again.divergence == strategy.divergence
+    ins = again.configure_fit(1, again.initial_parameters, cm2)  # Flower's round 1 is round 2
+    assert {fi.config["server_round"] for _, fi in ins} == {2}
+    assert {again.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins} == {0: False, 1: True, 2: True}
+    assert all(fi.config["resume_round"] == 1 for _, fi in ins)
