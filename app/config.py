@@ -112,6 +112,14 @@ def validate(cfg: dict) -> None:
            f"eval.knn_features={ev['knn_features']!r}; choose backbone or projector")
     if cfg["partition"]["name"] == "dirichlet":
         _check(float(cfg["partition"]["alpha"]) > 0, f"partition.alpha must be > 0, got {cfg['partition']['alpha']}")
+    _check(isinstance(cfg["checkpoint_every"], int) and cfg["checkpoint_every"] >= 0,
+           f"checkpoint_every must be an integer >= 0 (0 = never), got {cfg['checkpoint_every']!r}")
+    rt = cfg.get("round_timeout")
+    _check(rt is None or float(rt) > 0, f"round_timeout must be null or > 0 seconds, got {rt}")
+    for key in ("client_raise", "client_hang", "nan_update", "wrong_shape_update"):
+        pairs = cfg["faults"][key] or []
+        _check(all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs),
+               f"faults.{key} must be a list of [partition_id, round] pairs, got {pairs!r}")
     nb = cfg.get("norm_bound")
     _check(nb is None or float(nb) > 0, f"norm_bound must be null or > 0, got {nb}")
     dev = str(cfg["device"])

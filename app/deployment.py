@@ -19,6 +19,7 @@ from flwr.server import ServerApp, ServerAppComponents
 from app.config import compose, to_plain
 from app.federation import build_strategy, client_resources, server_config
 from app.report import RunReport
+from app.resume import load_state, resumed_config
 from app.simulation import preflight
 from clients.ssl_client import SSLClient
 
@@ -29,12 +30,24 @@ def config_from_overrides(overrides: str) -> dict:
 
 
 def _server_fn(context) -> ServerAppComponents:
-    cfg = dict(config_from_overrides(str(context.run_config.get("overrides", ""))))
-    out_dir = cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
+    overrides = shlex.split(str(context.run_config.get("overrides", "")))
+    cfg = dict(config_from_overrides(shlex.join(overrides)))
+    cfg["command_line"] = [o for o in overrides if o.split("=", 1)[0] not in ("resume", "output_dir")]
+    resume_state = None
+    if cfg["resume"]:  # continue an interrupted deployment run in its own output directory
+        resume_state = load_state(cfg["resume"])
+        cfg = resumed_config(resume_state, cfg["command_line"])
+        cfg["resume"] = cfg["output_dir"] = out_dir = str(cfg_resume_dir(overrides))
+    else:
+        out_dir = cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
     cfg["output_dir"] = out_dir
     preflight(cfg)
-    report = RunReport(cfg, Path(out_dir))
-    return ServerAppComponents(strategy=build_strategy(cfg, report), config=server_config(cfg))
+    report = RunReport(cfg, Path(out_dir), resume_state)
+    return ServerAppComponents(strategy=build_strategy(cfg, report, resume_state), config=server_config(cfg, resume_state))
+
+
+def cfg_resume_dir(overrides: list[str]) -> Path:
+    return Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("resume=")))
 
 
 def _client_fn(context):

@@ -45,6 +45,10 @@ def test_command_line_typo_exits_with_the_message():
     ("strategy.predictor=both", "strategy.predictor='both' is not valid"),
     ("wandb.mode=maybe", "wandb.mode='maybe'"),
     ("min_fit_clients=9", r"min_fit_clients must be in \[1, 5\]"),
+    ("checkpoint_every=-1", "checkpoint_every must be an integer >= 0"),
+    ("round_timeout=0", "round_timeout must be null or > 0 seconds"),
+    ("faults.client_raise=[1,2]", r"faults.client_raise must be a list of \[partition_id, round\] pairs"),
+    ("examples_per_client=10", "examples_per_client must be null or an integer >= batch_size"),
 ])
 def test_values_out_of_range(override, message):
     cfg = to_plain(compose([override]))
