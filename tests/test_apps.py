@@ -1,0 +1,43 @@
+"""The app builders: simulation resources and the deployment components read the same config."""
+
+import os
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from app import deployment
+from app.federation import client_resources
+from strategies import FedU, Standalone
+
+
+def test_auto_resources_run_as_many_clients_in_parallel_as_cores(make_cfg):
+    cores = os.cpu_count()
+    res = client_resources(make_cfg("num_clients=5"))
+    assert res == {"num_cpus": max(1, cores // min(5, cores)), "num_gpus": 0.0}
+    assert client_resources(make_cfg("num_clients=1"))["num_cpus"] == cores
+    assert client_resources(make_cfg("client_resources.num_cpus=3"))["num_cpus"] == 3
+
+
+def test_deployment_server_app_builds_from_run_config_overrides(data_dir, cache_dir, tmp_path):
+    overrides = (f"experiment=smoke strategy=fedu num_clients=3 data_dir={data_dir} cache_dir={cache_dir} "
+                 f"output_dir={tmp_path / 'srv'}")
+    ctx = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config={"overrides": overrides})
+    comps = deployment._server_fn(ctx)
+    assert isinstance(comps.strategy, FedU) and comps.config.num_rounds == 2
+    assert (tmp_path / "srv" / "summary.json").is_file()
+    ctx = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(),
+                  run_config={"overrides": overrides.replace("strategy=fedu", "strategy=standalone")})
+    assert isinstance(deployment._server_fn(ctx).strategy, Standalone)
+
+
+def test_deployment_client_app_takes_partition_and_data_from_node_config(data_dir, tmp_path):
+    overrides = "experiment=smoke num_clients=3"
+    node = {"partition-id": 2, "num-partitions": 3, "data-dir": str(data_dir), "state-dir": str(tmp_path / "st")}
+    ctx = Context(run_id=7, node_id=5, node_config=node, state=RecordDict(), run_config={"overrides": overrides})
+    client = deployment._client_fn(ctx).numpy_client
+    assert client.pid == 2 and client.cfg["data_dir"] == str(data_dir)
+    assert client.state_dir == tmp_path / "st" / "2"
+    bad = dict(node, **{"num-partitions": 4})
+    ctx = Context(run_id=7, node_id=5, node_config=bad, state=RecordDict(), run_config={"overrides": overrides})
+    with pytest.raises(ValueError, match="num-partitions=4 but the run has num_clients=3"):
+        deployment._client_fn(ctx)
