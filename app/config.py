@@ -106,7 +106,11 @@ def validate(cfg: dict) -> None:
            f"wandb.mode={cfg['wandb']['mode']!r}; choose offline, online or disabled")
     _check(float(cfg["model"]["width"]) > 0, f"model.width must be > 0, got {cfg['model']['width']}")
     _check(float(cfg["ssl"]["lr"]) > 0, f"ssl.lr must be > 0, got {cfg['ssl']['lr']}")
-    _check(0 <= float(cfg["ssl"]["tau"]) < 1, f"ssl.tau must be in [0, 1), got {cfg['ssl']['tau']}")
+    if "tau" in cfg["ssl"]:
+        _check(0 <= float(cfg["ssl"]["tau"]) < 1, f"ssl.tau must be in [0, 1), got {cfg['ssl']['tau']}")
+    if cfg["strategy"]["name"] in ("fedu", "fedbyol") and cfg["ssl"]["name"] != "byol":
+        raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for BYOL (ssl=byol); "
+                          f"run ssl={cfg['ssl']['name']} with strategy=fedavg or strategy=standalone")
     ev = cfg["eval"]
     _check(ev["knn_features"] in ("backbone", "projector"),
            f"eval.knn_features={ev['knn_features']!r}; choose backbone or projector")
