@@ -108,7 +108,11 @@ def validate(cfg: dict) -> None:
     _check(float(cfg["ssl"]["lr"]) > 0, f"ssl.lr must be > 0, got {cfg['ssl']['lr']}")
     if "tau" in cfg["ssl"]:
         _check(0 <= float(cfg["ssl"]["tau"]) < 1, f"ssl.tau must be in [0, 1), got {cfg['ssl']['tau']}")
-    if cfg["strategy"]["name"] in ("fedu", "fedbyol") and cfg["ssl"]["name"] != "byol":
+    if "ema_tau" in st:
+        _check(float(st["ema_tau"]) > 0, f"strategy.ema_tau must be > 0, got {st['ema_tau']}")
+    if st.get("ema_lambda") is not None:
+        _check(float(st["ema_lambda"]) >= 0, f"strategy.ema_lambda must be null or >= 0, got {st['ema_lambda']}")
+    if cfg["strategy"]["name"] in ("fedu", "fedbyol", "fedema") and cfg["ssl"]["name"] != "byol":
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for BYOL (ssl=byol); "
                           f"run ssl={cfg['ssl']['name']} with strategy=fedavg or strategy=standalone")
     ev = cfg["eval"]

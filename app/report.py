@@ -159,6 +159,9 @@ class RunReport:
             divs = [c["divergence"] for c in record["clients"].values() if "divergence" in c]
             if divs:
                 parts.append(f"divergence {min(divs):.3f}-{max(divs):.3f}")
+            mus = [c["mu"] for c in record["clients"].values() if "mu" in c]
+            if mus:
+                parts.append(f"EMA mu {min(mus):.2f}-{max(mus):.2f}")
         ev = record.get("eval") or {}
         if "knn_accuracy" in ev:
             parts.append(f"kNN {100 * ev['knn_accuracy']:.2f}%")

@@ -17,6 +17,7 @@ from flwr.client import NumPyClient
 
 from clients import state_store
 from strategies.weights import layer_divergence
+from tasks.fedema import ema_mix
 from tasks.federated_data import client_images
 from tasks.train import NonFiniteLossError, client_generator, resolve_device, round_lr, train_one_round
 from tasks.wire import (
@@ -86,6 +87,19 @@ class SSLClient(NumPyClient):
             arrays[0] = arrays[0].reshape(-1)[:-1].copy()
         return arrays
 
+    def _fedema_update(self, method, plan, keys, parameters, info: dict, rnd: int) -> dict:
+        """SPEC §3: mix local and global; a client that skipped rounds takes the global model
+        and resets its target to it."""
+        if int(info.get("last_round", 0)) < rnd - 1:
+            received = set_arrays(method, keys, parameters)
+            method.init_local_parts(received)
+            return {"mixing": "reset"}
+        st = self.cfg["strategy"]
+        lam = st.get("ema_lambda")
+        lam = float(lam) if lam is not None else info.get("ema_lambda")
+        return ema_mix(method, keys, parameters, divergence_layers(keys, plan), float(st["ema_tau"]),
+                       None if lam is None else float(lam))
+
     def fit(self, parameters, config):
         cfg, rnd = self.cfg, int(config["server_round"])
         who = f"client {self.pid}, round {rnd}"
@@ -99,8 +113,11 @@ class SSLClient(NumPyClient):
         info = self._restore(method)
         first = STATE_WEIGHTS not in self.state
 
-        received = set()
-        if parameters and (first or bool(config.get("replace", True))):
+        strategy = cfg["strategy"]["name"]
+        received, mixing = set(), {}
+        if strategy == "fedema" and not first and parameters:
+            mixing = self._fedema_update(method, plan, keys, parameters, info, rnd)
+        elif parameters and (first or bool(config.get("replace", True))):
             adopt = first or bool(config.get("adopt_global_predictor", True))
             received = set_arrays(method, keys, parameters, skip_parts=() if adopt else plan.optional)
         if first:
@@ -122,10 +139,11 @@ class SSLClient(NumPyClient):
         except NonFiniteLossError as err:
             return [], 0, {"partition_id": self.pid, "fatal_error": str(err)}
         after = get_arrays(method, [keys[i] for i in div_idx])
-        strategy = cfg["strategy"]["name"]
-        keep = kept_keys(method, plan, keys, keep_everything=strategy == "standalone",
+        keep = kept_keys(method, plan, keys, keep_everything=strategy in ("standalone", "fedema"),
                          keep_optional=strategy == "fedu" and cfg["strategy"].get("predictor") != "global")
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
+        if "lambda" in mixing:
+            info["ema_lambda"] = mixing["lambda"]
         self._persist(method, keep, info)
         if int(config.get("checkpoint_every", 0)) > 0 and self.state_dir is not None:
             state_store.save(self.state_dir, rnd, self.state, keep_from=int(config.get("last_checkpoint", 0)))
@@ -137,5 +155,6 @@ class SSLClient(NumPyClient):
             "lr": lr,
             "predictor_used": predictor_used,
             "divergence_reference": layer_divergence(before, after, list(range(len(div_idx)))) if div_idx else 0.0,
+            **{f"ema_{k}": v for k, v in mixing.items()},
         }
         return self._corrupt(get_arrays(method, keys), rnd), len(images), metrics

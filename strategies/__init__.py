@@ -1,7 +1,7 @@
 """Custom Flower strategies (NumPy only; torch work is injected through ServerHooks)."""
 
-from strategies.fedssl import FedSSL, FedU, Layout, RunStopped, ServerHooks, Standalone
+from strategies.fedssl import FedEMA, FedSSL, FedU, Layout, RunStopped, ServerHooks, Standalone
 
-STRATEGIES = {"fedu": FedU, "fedbyol": FedU, "fedavg": FedSSL, "standalone": Standalone}
+STRATEGIES = {"fedu": FedU, "fedbyol": FedU, "fedema": FedEMA, "fedavg": FedSSL, "standalone": Standalone}
 
-__all__ = ["STRATEGIES", "FedSSL", "FedU", "Layout", "RunStopped", "ServerHooks", "Standalone"]
+__all__ = ["STRATEGIES", "FedEMA", "FedSSL", "FedU", "Layout", "RunStopped", "ServerHooks", "Standalone"]

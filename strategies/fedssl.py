@@ -450,3 +450,19 @@ class Standalone(FedSSL):
             return super().models_to_evaluate(parameters)
         return {str(pid): arrays for pid, arrays in sorted(self.latest.items())}
 
+
+
+class FedEMA(FedSSL):
+    """FedEMA (SPEC §3): FedU's synchronisation; each client mixes local and global models
+    itself (tasks/fedema.py). The server averages as FedAvg and records every client's
+    divergence d_k, lambda_k and mu_k (or that it was reset after skipping rounds)."""
+
+    def aggregate_updates(self, server_round: int, updates) -> NDArrays:
+        aggregated = super().aggregate_updates(server_round, updates)
+        for pid, _, _, metrics in updates:
+            entry = self.record["clients"][str(pid)]
+            for key in ("divergence", "lambda", "mu"):
+                if f"ema_{key}" in metrics:
+                    entry[key] = float(metrics[f"ema_{key}"])
+            entry["mixing"] = str(metrics.get("ema_mixing", "mixed" if "ema_mu" in metrics else "first"))
+        return aggregated
