@@ -36,3 +36,19 @@ def make_cfg(data_dir, cache_dir, tmp_path):
         return to_plain(compose(base + list(overrides)))
 
     return make
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Snapshot the model as local training starts, to see what a client restored or mixed."""
+    import clients.ssl_client as ssl_client
+
+    seen = []
+    real = ssl_client.train_one_round
+
+    def wrapped(method, images, **kw):
+        seen.append({k: v.detach().clone() for k, v in method.state_dict().items()})
+        return real(method, images, **kw)
+
+    monkeypatch.setattr(ssl_client, "train_one_round", wrapped)
+    return seen

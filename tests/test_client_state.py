@@ -6,23 +6,8 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-import clients.ssl_client as ssl_client
 from app.federation import build_layout, make_client_fn
 from clients.ssl_client import STATE_WEIGHTS, LayoutMismatch, SSLClient
-
-
-@pytest.fixture
-def spy(monkeypatch):
-    """Snapshot the model as training starts, to see what the client restored."""
-    seen = []
-    real = ssl_client.train_one_round
-
-    def wrapped(method, images, **kw):
-        seen.append({k: v.detach().clone() for k, v in method.state_dict().items()})
-        return real(method, images, **kw)
-
-    monkeypatch.setattr(ssl_client, "train_one_round", wrapped)
-    return seen
 
 
 def part(sd, prefix):

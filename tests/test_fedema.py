@@ -5,7 +5,6 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-import clients.ssl_client as ssl_client
 from app.federation import build_layout
 from clients.ssl_client import SSLClient
 from strategies import FedEMA
@@ -34,15 +33,8 @@ def test_mixing_rule_and_autoscaler_by_hand():
     assert out2["mu"] == 1.0 and np.allclose(get_arrays(m, keys)[0], mixed[0])
 
 
-def test_client_mixes_resets_after_skipping_and_keeps_lambda(make_cfg, monkeypatch):
-    seen = []
-    real = ssl_client.train_one_round
-
-    def spy(method, images, **kw):
-        seen.append({k: v.detach().clone() for k, v in method.state_dict().items()})
-        return real(method, images, **kw)
-
-    monkeypatch.setattr(ssl_client, "train_one_round", spy)
+def test_client_mixes_resets_after_skipping_and_keeps_lambda(make_cfg, spy):
+    seen = spy
     cfg = make_cfg("strategy=fedema", "num_clients=2", "num_rounds=10")
     layout, init = build_layout(cfg)
     state = RecordDict()
