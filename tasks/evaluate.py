@@ -90,3 +90,63 @@ def recalibrate_batchnorm(net: nn.Module, images: np.ndarray, device: torch.devi
     for i in range(0, len(images), batch_size):
         net(to_float(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])), device))
     net.eval()
+
+
+def class_balanced_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded, class-balanced share of the labelled set: round(fraction * n_c) per class, at
+    least one (SPEC §4; the reference code's "first N images" is what this replaces)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def finetune_accuracy(backbone: nn.Module, x_train: np.ndarray, y_train, x_test: np.ndarray, y_test,
+                      num_classes: int, *, epochs: int, lr: float, head_lr: float, batch_size: int,
+                      bn: str, device: torch.device, seed: int) -> float:
+    """Fine-tune a copy of `backbone` plus a linear head on labelled images; test top-1.
+
+    bn="frozen" keeps BatchNorm in eval mode (its running statistics from pre-training; its
+    affine weights still train), which is what a labelled set of a few images per class can
+    support; bn="train" re-estimates statistics from the small batches, as the reference code
+    does. Light augmentation: random resized crop (scale 0.5-1) and flip.
+    """
+    import copy
+
+    from tasks.augment import resized_crop_flip
+
+    if bn not in ("frozen", "train"):
+        raise ValueError(f"semi-supervised bn must be 'frozen' or 'train', got {bn!r}")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = copy.deepcopy(backbone).to(device)
+    with torch.no_grad():
+        dim = net(to_float(torch.from_numpy(np.ascontiguousarray(x_train[:2])), device)).shape[1]
+    head = nn.Linear(dim, num_classes).to(device)
+    opt = torch.optim.SGD([{"params": net.parameters(), "lr": lr}, {"params": head.parameters(), "lr": head_lr}],
+                          momentum=0.9, nesterov=True, weight_decay=5e-4)
+    y = torch.as_tensor(np.asarray(y_train))
+    data = torch.from_numpy(np.ascontiguousarray(x_train))
+    bs = min(batch_size, len(data))
+    for _ in range(epochs):
+        net.train()
+        if bn == "frozen":
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        order = torch.randperm(len(data), generator=g)
+        for i in range(0, len(order) - bs + 1, bs):
+            idx = order[i : i + bs]
+            x = resized_crop_flip(to_float(data[idx], device), 32, g, scale=(0.5, 1.0))
+            loss = F.cross_entropy(head(net(x)), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    feats = extract_features(net, x_test, device)
+    with torch.no_grad():
+        pred = head.cpu()(feats).argmax(1)
+    return float((pred == torch.as_tensor(np.asarray(y_test))).float().mean())

@@ -6,7 +6,15 @@ import math
 
 import numpy as np
 
-from tasks.evaluate import extract_features, knn_accuracy, linear_probe, recalibrate_batchnorm
+from tasks.evaluate import (
+    class_balanced_fraction,
+    extract_features,
+    finetune_accuracy,
+    knn_accuracy,
+    linear_probe,
+    recalibrate_batchnorm,
+)
+from tasks.federated_data import dataset_from_cfg
 from tasks.federated_data import evaluation_sets
 from tasks.train import resolve_device
 from tasks.wire import build_federated_method, set_arrays
@@ -53,6 +61,24 @@ class RepresentationEvaluator:
             out["linear_accuracy"] = linear_probe(
                 bank, s["y_bank"], test, s["y_test"], s["num_classes"], epochs=int(self.ev["linear_epochs"]),
                 lr=float(self.ev["linear_lr"]), batch_size=int(self.ev["linear_batch_size"]), seed=int(self.cfg["seed"]),
+            )
+        if final and self.ev.get("semi"):
+            out.update(self.semi_supervised(arrays, device))
+        return out
+
+    def semi_supervised(self, arrays: list[np.ndarray], device) -> dict:
+        """Fine-tune the encoder with 1% / 10% of the training labels (SPEC §4)."""
+        ds, s, ev = dataset_from_cfg(self.cfg), self.sets(), self.ev
+        backbone = self.encoder(arrays)
+        backbone = getattr(backbone, "backbone", backbone)
+        labels = np.asarray(ds.y_train)
+        out = {}
+        for fraction in ev["semi_fractions"]:
+            idx = class_balanced_fraction(labels, float(fraction), int(self.cfg["seed"]))
+            out[f"semi_{100 * float(fraction):g}%"] = finetune_accuracy(
+                backbone, np.asarray(ds.x_train[idx]), labels[idx], s["x_test"], s["y_test"], s["num_classes"],
+                epochs=int(ev["semi_epochs"]), lr=float(ev["semi_lr"]), head_lr=float(ev["semi_head_lr"]),
+                batch_size=int(ev["semi_batch_size"]), bn=str(ev["semi_bn"]), device=device, seed=int(self.cfg["seed"]),
             )
         return out
 
