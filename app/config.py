@@ -134,6 +134,17 @@ def validate(cfg: dict) -> None:
     _check(dev in ("auto", "cpu") or dev.startswith("cuda"), f"device={dev!r}; choose auto, cpu, cuda or cuda:N")
 
 
+def centralise(cfg: dict) -> dict:
+    """strategy=centralised: the same run with one client that holds everything the
+    `num_clients` clients would hold together (SPEC §2, upper bound)."""
+    if cfg["strategy"]["name"] != "centralised":
+        return cfg
+    k = int(cfg["num_clients"])
+    cap = cfg.get("examples_per_client")
+    return dict(cfg, num_clients=1, fraction_fit=1.0, min_fit_clients=1, partition={"name": "iid"},
+                examples_per_client=None if cap is None else int(cap) * k, centralised_from_clients=k)
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """Resolved plain-dict config (what clients, checkpoints and summary.json carry)."""
     plain = OmegaConf.to_container(cfg, resolve=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.config import compose, to_plain
+from app.config import centralise, compose, to_plain
 from tasks.checkpoint import CheckpointError
 
 FORMAT = "fedssl-state-v1"
@@ -24,7 +24,7 @@ STATE_FILE = Path("state") / "server.pt"
 # Keys a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "round_timeout", "faults",
                 "output_dir", "resume", "data_dir", "cache_dir", "data_download", "checkpoint_every",
-                "eval_every", "command_line", "client_state_dir")
+                "eval_every", "command_line", "client_state_dir", "centralised_from_clients")
 
 
 def rng_states() -> dict:
@@ -90,7 +90,7 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
     """
     original = list(saved["config"].get("command_line") or [])
     extra = [o for o in new_overrides if not o.split("=", 1)[0].lstrip("+~") in ("resume", "output_dir")]
-    cfg = to_plain(compose(original + extra))
+    cfg = centralise(to_plain(compose(original + extra)))
     before, after = _flatten(saved["config"]), _flatten(cfg)
     changed = sorted(k for k in set(before) | set(after)
                      if not _runtime(k) and before.get(k, "<absent>") != after.get(k, "<absent>"))

@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from app.config import ConfigError, validate
+from app.config import ConfigError, centralise, validate
 from app.federation import build_client_app, build_server_app, client_resources
 from app.report import RunReport
 from tasks.federated_data import dataset_from_cfg, partitions
@@ -52,6 +52,7 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> dic
     """
     from flwr.simulation import run_simulation
 
+    cfg = centralise(cfg)
     preflight(cfg)
     cpu_warning(cfg)
     cfg = dict(cfg, client_state_dir=str(Path(out_dir) / "client_state"))

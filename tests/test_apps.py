@@ -41,3 +41,12 @@ def test_deployment_client_app_takes_partition_and_data_from_node_config(data_di
     ctx = Context(run_id=7, node_id=5, node_config=bad, state=RecordDict(), run_config={"overrides": overrides})
     with pytest.raises(ValueError, match="num-partitions=4 but the run has num_clients=3"):
         deployment._client_fn(ctx)
+
+
+def test_centralised_is_one_client_with_everything_the_federation_holds(make_cfg):
+    from app.config import centralise
+
+    cfg = centralise(make_cfg("strategy=centralised", "num_clients=4"))
+    assert cfg["num_clients"] == 1 and cfg["partition"] == {"name": "iid"}
+    assert cfg["examples_per_client"] == 4 * 64 and cfg["centralised_from_clients"] == 4
+    assert centralise(make_cfg("strategy=fedu")) == make_cfg("strategy=fedu")
