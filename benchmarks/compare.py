@@ -1,0 +1,150 @@
+"""The comparison table (issue 3): methods x partitions, one command, resumable.
+
+    python benchmarks/compare.py --dataset cifar100 --partitions classes iid --preset cpu
+
+Runs `python main.py` once per (partition, method) cell; a cell whose summary.json says
+"completed" is not rerun, so an interrupted table resumes where it stopped. Writes
+table.md, table.json and knn_rounds.png (kNN accuracy against rounds, one panel per partition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method -> (display name, Hydra overrides)
+METHODS = {
+    "fedu": ("FedU", ["strategy=fedu"]),
+    "fedema": ("FedEMA", ["strategy=fedema"]),
+    "fedbyol": ("FedBYOL", ["strategy=fedbyol"]),
+    "fedsimsiam": ("FedSimSiam", ["strategy=fedavg", "ssl=simsiam"]),
+    "fedsimclr": ("FedSimCLR", ["strategy=fedavg", "ssl=simclr"]),
+    "fedmoco": ("FedMoCo (v2)", ["strategy=fedavg", "ssl=mocov2"]),
+    "fedswav": ("FedSwAV", ["strategy=fedavg", "ssl=swav"]),
+    "standalone": ("Standalone", ["strategy=standalone"]),
+    "centralised": ("Centralised", ["strategy=centralised"]),
+}
+
+
+def launch(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def completed(summary_path: Path) -> dict | None:
+    if summary_path.is_file():
+        s = json.loads(summary_path.read_text())
+        if s.get("status") == "completed":
+            return s
+    return None
+
+
+def run_cell(method: str, partition: str, args) -> dict:
+    out = args.out / partition / method
+    done = completed(out / "summary.json")
+    if done is not None:
+        print(f"{partition}/{method}: done earlier, reusing {out / 'summary.json'}", flush=True)
+        return done
+    cmd = [sys.executable, "main.py", *METHODS[method][1], f"dataset={args.dataset}", f"partition={partition}",
+           f"num_clients={args.num_clients}", f"experiment={args.preset}", f"seed={args.seed}",
+           f"output_dir={out}", "wandb.mode=disabled", *args.extra]
+    if out.exists() and (out / "state" / "server.pt").is_file():
+        cmd = [sys.executable, "main.py", f"resume={out}"]  # an interrupted cell continues
+    print("running:", " ".join(cmd), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    proc = launch(cmd)
+    (out.parent / f"{method}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{partition}/{method} failed (exit {proc.returncode}); log: {out.parent / f'{method}.log'}")
+    s = json.loads((out / "summary.json").read_text())
+    s["process_seconds"] = time.perf_counter() - t0
+    return s
+
+
+def row(method: str, partition: str, s: dict) -> dict:
+    final = s["final"]
+    rounds = s["rounds"]
+    return {
+        "method": METHODS[method][0], "partition": partition,
+        "knn_initial": (s.get("initial_eval") or {}).get("knn_accuracy"),
+        "knn": final.get("knn_accuracy"), "linear": final.get("linear_accuracy"),
+        "semi_1": final.get("semi_1%"), "semi_10": final.get("semi_10%"),
+        "wall_seconds": s["wall_seconds"],
+        "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / len(rounds) / 1e6,
+        "knn_by_round": [(k["round"], k["accuracy"]) for k in s["knn"]],
+    }
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(rows: list[dict], args) -> str:
+    head = (f"{args.dataset}, {args.num_clients} clients, experiment={args.preset}, seed={args.seed} "
+            f"{' '.join(args.extra)}").rstrip()
+    lines = [head, "", "| partition | method | kNN round 0 | kNN | linear | semi 1% | semi 10% | wall (s) | MB/round |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['partition']} | {r['method']} | {pct(r['knn_initial'])} | {pct(r['knn'])} | "
+                     f"{pct(r['linear'])} | {pct(r['semi_1'])} | {pct(r['semi_10'])} | {r['wall_seconds']:.0f} | "
+                     f"{r['mb_per_round']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    partitions = sorted({r["partition"] for r in rows})
+    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4), squeeze=False)
+    for ax, part in zip(axes[0], partitions):
+        for r in (r for r in rows if r["partition"] == part):
+            xs, ys = zip(*r["knn_by_round"]) if r["knn_by_round"] else ((), ())
+            ax.plot(xs, [100 * y for y in ys], marker="o", label=r["method"])
+        ax.set_title(f"partition={part}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("kNN accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--partitions", nargs="+", default=["classes", "iid"])
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--num-clients", type=int, default=5)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
+    p.add_argument("--extra", nargs="*", default=["eval.semi=true"], help="Hydra overrides for every cell")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [row(m, part, run_cell(m, part, args)) for part in args.partitions for m in args.methods]
+    table = markdown(rows, args)
+    print(table)
+    (args.out / "table.md").write_text(table)
+    (args.out / "table.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                                     "rows": rows}, indent=2))
+    plot(rows, args.out / "knn_rounds.png")
+    print(f"written: {args.out}/table.md, table.json, knn_rounds.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The comparison runner resumes: finished cells are read back, never rerun."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare  # noqa: E402
+
+
+def fake_summary(knn):
+    return {"status": "completed", "initial_eval": {"knn_accuracy": 0.05},
+            "final": {"knn_accuracy": knn, "linear_accuracy": knn + 0.01, "semi_1%": 0.02, "semi_10%": 0.04},
+            "rounds": [{"bytes_sent": 2e6, "bytes_received": 2e6}, {"bytes_sent": 2e6, "bytes_received": 2e6}],
+            "knn": [{"round": 1, "accuracy": knn - 0.01}, {"round": 2, "accuracy": knn}], "wall_seconds": 12.0}
+
+
+def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeypatch):
+    for part, method, knn in (("classes", "fedu", 0.10), ("classes", "fedema", 0.12), ("iid", "fedu", 0.2),
+                              ("iid", "fedema", 0.22)):
+        cell = tmp_path / part / method
+        cell.mkdir(parents=True)
+        (cell / "summary.json").write_text(json.dumps(fake_summary(knn)))
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(compare, "launch", refuse)
+    rows = compare.main(["--methods", "fedu", "fedema", "--partitions", "classes", "iid", "--out", str(tmp_path)])
+    assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [
+        ("classes", "FedU", 0.10), ("classes", "FedEMA", 0.12), ("iid", "FedU", 0.2), ("iid", "FedEMA", 0.22)]
+    table = (tmp_path / "table.md").read_text()
+    assert "| classes | FedEMA | 5.00 | 12.00 | 13.00 | 2.00 | 4.00 | 12 | 4.0 |" in table
+    assert json.loads((tmp_path / "table.json").read_text())["rows"][0]["mb_per_round"] == pytest.approx(4.0)
+    assert (tmp_path / "knn_rounds.png").stat().st_size > 1000
+
+
+def test_an_unfinished_cell_is_run_and_an_interrupted_one_resumed(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        out = next((c.split("=", 1)[1] for c in cmd if c.startswith(("output_dir=", "resume="))))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "summary.json").write_text(json.dumps(fake_summary(0.1)))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(compare, "launch", fake_run)
+    interrupted = tmp_path / "classes" / "fedbyol"
+    (interrupted / "state").mkdir(parents=True)
+    (interrupted / "state" / "server.pt").write_bytes(b"x")
+    (interrupted / "summary.json").write_text(json.dumps({"status": "running"}))
+    compare.main(["--methods", "fedu", "fedbyol", "--partitions", "classes", "--out", str(tmp_path)])
+    assert "strategy=fedu" in calls[0] and f"output_dir={tmp_path / 'classes' / 'fedu'}" in calls[0]
+    assert calls[1][2:] == [f"resume={interrupted}"]
