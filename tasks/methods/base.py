@@ -72,6 +72,3 @@ class SSLMethod(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
-
-    def backbone(self, part: str) -> nn.Module:
-        return getattr(self, part).backbone
