@@ -109,10 +109,13 @@ def finetune_accuracy(backbone: nn.Module, x_train: np.ndarray, y_train, x_test:
                       bn: str, device: torch.device, seed: int) -> float:
     """Fine-tune a copy of `backbone` plus a linear head on labelled images; test top-1.
 
-    bn="frozen" keeps BatchNorm in eval mode (its running statistics from pre-training; its
-    affine weights still train), which is what a labelled set of a few images per class can
-    support; bn="train" re-estimates statistics from the small batches, as the reference code
-    does. Light augmentation: random resized crop (scale 0.5-1) and flip.
+    bn="train" (default) lets BatchNorm normalise with batch statistics and update its running
+    statistics while fine-tuning; the test set is always evaluated in eval mode with those
+    statistics (the reference code also *tests* in train mode, which this avoids).
+    bn="frozen" keeps BatchNorm in eval mode with the pre-trained statistics (affine weights
+    still train). Measured on a CPU-preset encoder, 10% labels, 5 epochs: train 11.6%, frozen
+    1.0% at lr 0.01 (training diverges without batch normalisation) and 4.9% at lr 0.001.
+    Light augmentation: random resized crop (scale 0.5-1) and flip.
     """
     import copy
 
