@@ -35,19 +35,16 @@ def _server_fn(context) -> ServerAppComponents:
     cfg["command_line"] = [o for o in overrides if o.split("=", 1)[0] not in ("resume", "output_dir")]
     resume_state = None
     if cfg["resume"]:  # continue an interrupted deployment run in its own output directory
-        resume_state = load_state(cfg["resume"])
+        out_dir = str(cfg["resume"])
+        resume_state = load_state(out_dir)
         cfg = resumed_config(resume_state, cfg["command_line"])
-        cfg["resume"] = cfg["output_dir"] = out_dir = str(cfg_resume_dir(overrides))
+        cfg["resume"] = out_dir
     else:
         out_dir = cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
     cfg["output_dir"] = out_dir
     preflight(cfg)
     report = RunReport(cfg, Path(out_dir), resume_state)
     return ServerAppComponents(strategy=build_strategy(cfg, report, resume_state), config=server_config(cfg, resume_state))
-
-
-def cfg_resume_dir(overrides: list[str]) -> Path:
-    return Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("resume=")))
 
 
 def _client_fn(context):

@@ -323,8 +323,8 @@ class FedSSL(FedAvg):
         return ndarrays_to_parameters(aggregated), {"train_loss": self.record["train_loss"]}
 
     # ---------------------------------------------------------------- evaluation and reports
-    def models_to_evaluate(self, parameters: Parameters) -> dict[str, NDArrays]:
-        return {"global": parameters_to_ndarrays(parameters)}
+    def models_to_evaluate(self, global_arrays: NDArrays) -> dict[str, NDArrays]:
+        return {"global": global_arrays}
 
     def evaluate(self, server_round: int, parameters: Parameters):
         if server_round == 0 and self.round_offset > 0:
@@ -335,19 +335,21 @@ class FedSSL(FedAvg):
             server_round > 0 and self.eval_every > 0 and server_round % self.eval_every == 0
         )
         record = self.record if server_round > 0 else {"round": 0}
+        persist = server_round > 0 and (
+            final or (self.checkpoint_every > 0 and server_round % self.checkpoint_every == 0))
+        arrays = parameters_to_ndarrays(parameters) if (due or persist) else []  # deserialised once
         if due:
             t0 = time.perf_counter()
-            models = self.models_to_evaluate(parameters)
-            record["eval"] = self.hooks.evaluate(server_round, models, final)
+            record["eval"] = self.hooks.evaluate(server_round, self.models_to_evaluate(arrays), final)
             record["eval_seconds"] = time.perf_counter() - t0
         if final:
-            record["checkpoint"] = self.hooks.save_checkpoint(self.models_to_evaluate(parameters), server_round)
+            record["checkpoint"] = self.hooks.save_checkpoint(self.models_to_evaluate(arrays), server_round)
         if server_round > 0:
             record["wall_seconds"] = time.perf_counter() - self._round_start
         if server_round > 0 or due:
             self.hooks.report(record)
-        if server_round > 0 and (final or (self.checkpoint_every > 0 and server_round % self.checkpoint_every == 0)):
-            self.hooks.save_state(server_round, parameters_to_ndarrays(parameters), self.state_dict())
+        if persist:
+            self.hooks.save_state(server_round, arrays, self.state_dict())
             self.last_checkpoint = server_round
         if due:
             return 0.0, {k: v for k, v in record["eval"].items() if isinstance(v, (int, float))}
@@ -446,9 +448,9 @@ class Standalone(FedSSL):
             self.latest[pid] = arrays
         return self.initial_arrays  # what a client joining later starts from
 
-    def models_to_evaluate(self, parameters: Parameters) -> dict[str, NDArrays]:
+    def models_to_evaluate(self, global_arrays: NDArrays) -> dict[str, NDArrays]:
         if not self.latest:
-            return super().models_to_evaluate(parameters)
+            return super().models_to_evaluate(global_arrays)
         return {str(pid): arrays for pid, arrays in sorted(self.latest.items())}
 
 

@@ -86,6 +86,12 @@ class Encoder(nn.Module):
         return self.projector(self.backbone(x))
 
 
+def mlp_encoder(arch: str, width: float, proj_hidden: int, proj_dim: int) -> Encoder:
+    """Backbone + MLP projector, the online encoder shared by BYOL, SimSiam, SimCLR and SwAV."""
+    backbone = build_backbone(arch, width)
+    return Encoder(backbone, mlp_head(backbone.out_dim, proj_hidden, proj_dim))
+
+
 def is_divergence_weight(key: str, prefix: str) -> bool:
     """Backbone conv weights used by FedU's divergence (SPEC §2.3): stem and block convs,
     not the 1x1 shortcut convs, no BatchNorm, no heads."""

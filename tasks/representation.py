@@ -38,39 +38,39 @@ class RepresentationEvaluator:
         return self._sets
 
     def encoder(self, arrays: list[np.ndarray]):
+        """The evaluated encoder (backbone + projector) loaded with `arrays`."""
         method, plan, keys = build_federated_method(self.cfg)
         set_arrays(method, keys, arrays)
         encoder = getattr(method, plan.eval_encoder)
         if self.cfg["strategy"].get("bn") == "local":  # no BatchNorm statistics were uploaded
             s = self.sets()
             recalibrate_batchnorm(encoder, s["x_bank"], resolve_device(str(self.cfg["device"])), int(self.ev["batch_size"]))
-        return encoder if self.ev["knn_features"] == "projector" else encoder.backbone
+        return encoder
 
     def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:
         device = resolve_device(str(self.cfg["device"]))
         s = self.sets()
-        net = self.encoder(arrays)
+        encoder = self.encoder(arrays)
+        net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
         bs = int(self.ev["batch_size"])
         bank, test = extract_features(net, s["x_bank"], device, bs), extract_features(net, s["x_test"], device, bs)
         out = {"knn_accuracy": knn_accuracy(bank, s["y_bank"], test, s["y_test"], s["num_classes"],
                                             int(self.ev["knn_k"]), float(self.ev["knn_temperature"]))}
         if final and self.ev["linear"]:
             if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
-                bb = net.backbone
+                bb = encoder.backbone
                 bank, test = extract_features(bb, s["x_bank"], device, bs), extract_features(bb, s["x_test"], device, bs)
             out["linear_accuracy"] = linear_probe(
                 bank, s["y_bank"], test, s["y_test"], s["num_classes"], epochs=int(self.ev["linear_epochs"]),
                 lr=float(self.ev["linear_lr"]), batch_size=int(self.ev["linear_batch_size"]), seed=int(self.cfg["seed"]),
             )
         if final and self.ev.get("semi"):
-            out.update(self.semi_supervised(arrays, device))
+            out.update(self.semi_supervised(encoder.backbone, device))
         return out
 
-    def semi_supervised(self, arrays: list[np.ndarray], device) -> dict:
-        """Fine-tune the encoder with 1% / 10% of the training labels (SPEC §4)."""
+    def semi_supervised(self, backbone, device) -> dict:
+        """Fine-tune (a copy of) the backbone with 1% / 10% of the training labels (SPEC §4)."""
         ds, s, ev = dataset_from_cfg(self.cfg), self.sets(), self.ev
-        backbone = self.encoder(arrays)
-        backbone = getattr(backbone, "backbone", backbone)
         labels = np.asarray(ds.y_train)
         out = {}
         for fraction in ev["semi_fractions"]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.methods.base import SSLMethod, SyncPlan, momentum_update
-from tasks.models import Encoder, build_backbone, mlp_head
+from tasks.models import mlp_encoder, mlp_head
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -32,8 +32,7 @@ class BYOL(SSLMethod):
     def __init__(self, arch="resnet18", width=1.0, proj_hidden=4096, proj_dim=2048, pred_hidden=4096,
                  tau=0.99, tau_schedule="constant"):
         super().__init__()
-        backbone = build_backbone(arch, width)
-        self.online = Encoder(backbone, mlp_head(backbone.out_dim, proj_hidden, proj_dim))
+        self.online = mlp_encoder(arch, width, proj_hidden, proj_dim)
         self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim)
         self.target = copy.deepcopy(self.online)
         for p in self.target.parameters():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks.methods.base import SSLMethod, SyncPlan, momentum_update
-from tasks.models import Encoder, build_backbone, mlp_head
+from tasks.models import Encoder, build_backbone, mlp_encoder, mlp_head
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -71,8 +71,7 @@ class SimSiam(SSLMethod):
 
     def __init__(self, arch="resnet18", width=1.0, proj_hidden=4096, proj_dim=2048, pred_hidden=4096):
         super().__init__()
-        backbone = build_backbone(arch, width)
-        self.online = Encoder(backbone, mlp_head(backbone.out_dim, proj_hidden, proj_dim))
+        self.online = mlp_encoder(arch, width, proj_hidden, proj_dim)
         self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim)
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:
@@ -92,8 +91,7 @@ class SimCLR(SSLMethod):
 
     def __init__(self, arch="resnet18", width=1.0, proj_hidden=4096, proj_dim=2048, temperature=0.07):
         super().__init__()
-        backbone = build_backbone(arch, width)
-        self.online = Encoder(backbone, mlp_head(backbone.out_dim, proj_hidden, proj_dim))
+        self.online = mlp_encoder(arch, width, proj_hidden, proj_dim)
         self.temperature = temperature
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:
@@ -171,8 +169,7 @@ class SwAV(SSLMethod):
     def __init__(self, arch="resnet18", width=1.0, proj_hidden=2048, proj_dim=128, num_prototypes=3000,
                  temperature=0.1, epsilon=0.05, sinkhorn_iterations=3):
         super().__init__()
-        backbone = build_backbone(arch, width)
-        self.online = Encoder(backbone, mlp_head(backbone.out_dim, proj_hidden, proj_dim))
+        self.online = mlp_encoder(arch, width, proj_hidden, proj_dim)
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
         self.temperature, self.epsilon, self.iterations = temperature, epsilon, sinkhorn_iterations
 
