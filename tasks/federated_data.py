@@ -6,7 +6,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from tasks.data import ImageArrays, balanced_subset, load_dataset, take_rows
+from tasks.data import DataError, ImageArrays, balanced_subset, load_dataset, take_rows
+from tasks.local_data import local_images
 from tasks.partition import make_partition
 
 
@@ -40,7 +41,17 @@ def partitions(cfg: dict) -> list[np.ndarray]:
 
 
 def client_images(cfg: dict, partition_id: int) -> np.ndarray:
-    """The uint8 NHWC images of one client: only its rows are read from the memory map."""
+    """The uint8 NHWC images of one client: only its rows are read from the memory map.
+
+    A SuperNode started with --node-config local-data=<path> trains on its own images instead.
+    """
+    if cfg.get("local_data"):
+        limit = cfg.get("examples_per_client")
+        x = local_images(str(cfg["local_data"]), None if limit is None else int(limit), int(cfg["seed"]) + partition_id)
+        if len(x) < int(cfg["batch_size"]):
+            raise DataError(f"local data {cfg['local_data']} holds {len(x)} images, fewer than "
+                            f"batch_size={cfg['batch_size']}; add images or lower batch_size")
+        return x
     idx = partitions(cfg)[partition_id]
     return take_rows(dataset_from_cfg(cfg).x_train, idx)
 

@@ -3,21 +3,15 @@ the test on this machine; the test stops it again, also when the run fails."""
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from app.local_federation import free_port
 from tests.conftest import ROOT
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_simulation_runs_on_an_existing_ray_head(tmp_path, data_dir, cache_dir):
