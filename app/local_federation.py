@@ -91,6 +91,31 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def stop_processes(procs: list[subprocess.Popen], grace: float = 10) -> None:
+    """SIGTERM each process and all its descendants (in order), SIGKILL what is left after `grace` s.
+
+    Descendants are collected first: the SuperLink and SuperNodes start flower-superexec in a
+    session of its own (Ray its workers), which a signal to a process group would not reach.
+    """
+    family = [[proc.pid, *descendants(proc.pid)] for proc in procs]
+    for pids in family:
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    while time.monotonic() < deadline and any(_alive(p) for pids in family for p in pids[1:]):
+        time.sleep(0.2)
+    for pids in family:
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
 class LocalFederation:
     """SuperLink + SuperNodes as child processes; `stop()` (or leaving the `with`) ends them all."""
 
@@ -173,29 +198,8 @@ class LocalFederation:
         return self._spawn(name, cmd)
 
     def stop(self) -> None:
-        """SIGTERM every process and its descendants (SuperNodes first), SIGKILL what is left after 10 s.
-
-        Descendants are collected first: the SuperLink and SuperNodes start flower-superexec in a
-        session of its own, which a signal to their process group would not reach.
-        """
-        order = sorted(self.procs, key=lambda n: n == "superlink")
-        family = {name: [self.procs[name].pid, *descendants(self.procs[name].pid)] for name in order}
-        for name in order:
-            for pid in family[name]:
-                _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for name in order:
-            try:
-                self.procs[name].wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        while time.monotonic() < deadline and any(_alive(p) for pids in family.values() for p in pids[1:]):
-            time.sleep(0.2)
-        for pids in family.values():
-            for pid in pids:
-                _signal(pid, signal.SIGKILL)
-        for proc in self.procs.values():
-            proc.wait()
+        """Stop every process it started and their descendants, SuperNodes first."""
+        stop_processes([self.procs[n] for n in sorted(self.procs, key=lambda n: n == "superlink")])
 
     def __enter__(self):
         return self
