@@ -53,12 +53,14 @@ def main(cfg: DictConfig) -> None:
     except _user_errors() as err:
         sys.exit(f"error: {err}")
     final = summary["final"]
-    log.info(
-        "done: %s on %s, %d clients, %d rounds | kNN %.2f%% | linear %.2f%% | %.0fs | %s",
-        plain["strategy"]["name"], plain["dataset"]["name"], plain["num_clients"], plain["num_rounds"],
-        100 * final.get("knn_accuracy", float("nan")), 100 * final.get("linear_accuracy", float("nan")),
-        summary["wall_seconds"], f"{out_dir}/summary.json",
-    )
+    if "rank1" in final:  # re-identification
+        scores = f"rank-1 {100 * final['rank1']:.2f}% | mAP {100 * final['mAP']:.2f}%"
+    else:
+        scores = (f"kNN {100 * final.get('knn_accuracy', float('nan')):.2f}% | "
+                  f"linear {100 * final.get('linear_accuracy', float('nan')):.2f}%")
+    log.info("done: %s on %s, %d clients, %d rounds | %s | %.0fs | %s", plain["strategy"]["name"],
+             plain["dataset"]["name"], plain["num_clients"], plain["num_rounds"], scores,
+             summary["wall_seconds"], f"{out_dir}/summary.json")
 
 
 def check_command_line(argv: list[str]) -> None:

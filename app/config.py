@@ -115,6 +115,7 @@ def validate(cfg: dict) -> None:
     if cfg["strategy"]["name"] in ("fedu", "fedbyol", "fedema") and cfg["ssl"]["name"] != "byol":
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for BYOL (ssl=byol); "
                           f"run ssl={cfg['ssl']['name']} with strategy=fedavg or strategy=standalone")
+    _validate_task(cfg)
     ev = cfg["eval"]
     _check(ev["knn_features"] in ("backbone", "projector"),
            f"eval.knn_features={ev['knn_features']!r}; choose backbone or projector")
@@ -132,6 +133,31 @@ def validate(cfg: dict) -> None:
     _check(nb is None or float(nb) > 0, f"norm_bound must be null or > 0, got {nb}")
     dev = str(cfg["device"])
     _check(dev in ("auto", "cpu") or dev.startswith("cuda"), f"device={dev!r}; choose auto, cpu, cuda or cuda:N")
+
+
+REID_STRATEGIES = ("fedpav", "standalone")
+
+
+def _validate_task(cfg: dict) -> None:
+    """Re-ID data goes with FedPav (or standalone); FedPav needs re-ID data (SPEC §5)."""
+    name, reid = cfg["strategy"]["name"], str(cfg["dataset"].get("kind", "images")) == "reid"
+    if reid and name not in REID_STRATEGIES:
+        raise ConfigError(f"dataset={cfg['dataset']['name']} is a re-identification data set; strategy={name} "
+                          f"learns self-supervised image representations. Use strategy=fedpav or strategy=standalone")
+    if name == "fedpav" and not reid:
+        raise ConfigError(f"strategy=fedpav trains re-identification models; dataset={cfg['dataset']['name']} has "
+                          f"no identities. Use dataset=cifar100_reid (proxy) or dataset=reid_folders")
+    if not reid:
+        return
+    r = cfg["reid"]
+    for key in ("embedding_dim", "local_epochs", "batch_size", "kd_batch_size", "eval_batch_size"):
+        _check(isinstance(r[key], int) and r[key] >= 1, f"reid.{key} must be an integer >= 1, got {r[key]!r}")
+    for key in ("lr_backbone", "lr_classifier", "kd_lr"):
+        _check(float(r[key]) > 0, f"reid.{key} must be > 0, got {r[key]}")
+    _check(0 <= float(r["dropout"]) < 1, f"reid.dropout must be in [0, 1), got {r['dropout']}")
+    if name == "fedpav":
+        kd_every = cfg["strategy"]["kd_every"]
+        _check(isinstance(kd_every, int) and kd_every >= 1, f"strategy.kd_every must be an integer >= 1, got {kd_every!r}")
 
 
 def centralise(cfg: dict) -> dict:

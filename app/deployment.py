@@ -20,11 +20,10 @@ from flwr.server import ServerApp, ServerAppComponents
 from flwr.server.compat import start_grid
 
 from app.config import compose, to_plain
-from app.federation import build_strategy, client_resources, server_config
+from app.federation import build_client, build_strategy, client_resources, server_config
 from app.report import RunReport
 from app.resume import load_state, resumed_config
 from app.simulation import preflight
-from clients.ssl_client import SSLClient
 
 
 @lru_cache(maxsize=4)
@@ -80,7 +79,7 @@ def _client_fn(context):
         )
     threads = int(client_resources(cfg)["num_cpus"])
     state_dir = str(node["state-dir"]) if "state-dir" in node else None
-    return SSLClient(cfg, int(node["partition-id"]), context.state, threads=threads, state_dir=state_dir).to_client()
+    return build_client(cfg, int(node["partition-id"]), context.state, threads, state_dir).to_client()
 
 
 server_app = ServerApp()

@@ -16,11 +16,17 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
+from clients.reid_client import ReIDClient
 from clients.ssl_client import SSLClient
 from strategies import STRATEGIES, Layout, ServerHooks
 from tasks.checkpoint import CheckpointError, save_checkpoint
+from tasks.reid import build_reid_net, shared_keys
+from tasks.reid import distill as reid_distill
+from tasks.reid_data import is_reid, public_images
+from tasks.reid_eval import ReIDEvaluator
 from tasks.representation import RepresentationEvaluator
-from tasks.wire import build_federated_method, divergence_layers, get_arrays, layout_fingerprint
+from tasks.train import client_generator, resolve_device
+from tasks.wire import build_federated_method, divergence_layers, get_arrays, layout_fingerprint, set_arrays
 
 
 def clients_per_round(cfg: dict) -> int:
@@ -44,11 +50,43 @@ def client_resources(cfg: dict) -> dict:
 
 
 def build_layout(cfg: dict):
+    """The upload layout and the initial global arrays, from the same code the clients run."""
+    if is_reid(cfg):  # FedPav: backbone + embedding block; classifiers stay on the clients
+        net = build_reid_net(cfg)
+        keys = shared_keys(net)
+        arrays = get_arrays(net, keys)
+        return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(net, keys)), arrays
     method, plan, keys = build_federated_method(cfg)
     arrays = get_arrays(method, keys)
     layout = Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(method, keys),
                     divergence_layers=divergence_layers(keys, plan))
     return layout, arrays
+
+
+SERVER_STREAM = 1_000_000  # the server's own random stream (clients use their partition ids)
+
+
+def build_distill(cfg: dict):
+    """FedPav's server-side distillation as a NumPy-in, NumPy-out hook (DESIGN.md conv. 2)."""
+    public = {}
+
+    def distill(student_arrays, teachers, server_round):
+        if "x" not in public:
+            public["x"] = public_images(cfg)
+        student = build_reid_net(cfg)
+        keys = shared_keys(student)
+        set_arrays(student, keys, student_arrays)
+        nets = []
+        for arrays in teachers:
+            net = build_reid_net(cfg)
+            set_arrays(net, keys, arrays)
+            nets.append(net)
+        device = resolve_device(str(cfg["device"]))
+        loss = reid_distill(student, nets, public["x"], cfg["reid"], device,
+                            client_generator(int(cfg["seed"]), server_round, SERVER_STREAM))
+        return get_arrays(student, keys), loss
+
+    return distill
 
 
 def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = None):
@@ -60,7 +98,7 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
                                   "(different keys or shapes); resume with the original settings")
         initial = resume_state["arrays"]
         set_rng_states(resume_state["rng"])
-    evaluator = RepresentationEvaluator(cfg)
+    evaluator = ReIDEvaluator(cfg) if is_reid(cfg) else RepresentationEvaluator(cfg)
     out_dir = Path(report.out_dir)
 
     def checkpoint(models, server_round):
@@ -73,7 +111,8 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
             os._exit(75)
 
     hooks = ServerHooks(evaluate=evaluator, report=report.report, save_checkpoint=checkpoint,
-                        save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None))
+                        save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None),
+                        distill=build_distill(cfg) if uses_distillation(cfg) else None)
     st = cfg["strategy"]
     common = dict(
         layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
@@ -86,7 +125,13 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
     cls = STRATEGIES[st["name"]]
     if st["name"] in ("fedu", "fedbyol"):
         return cls(predictor=st["predictor"], mu=float(st["mu"]), divergence=st["divergence"], **common)
+    if st["name"] == "fedpav":
+        return cls(cdw=bool(st["cdw"]), kd=bool(st["kd"]), kd_every=int(st["kd_every"]), **common)
     return cls(**common)
+
+
+def uses_distillation(cfg: dict) -> bool:
+    return cfg["strategy"]["name"] == "fedpav" and bool(cfg["strategy"].get("kd"))
 
 
 def server_config(cfg: dict, resume_state: dict | None = None) -> ServerConfig:
@@ -103,13 +148,18 @@ def build_server_app(cfg: dict, report: RunReport, resume_state: dict | None = N
     return ServerApp(server_fn=server_fn)
 
 
+def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None):
+    """The client for the run's task: re-ID (FedPav, standalone on a re-ID dataset) or SSL."""
+    cls = ReIDClient if is_reid(cfg) else SSLClient
+    return cls(cfg, partition_id, state, threads=threads, state_dir=state_dir)
+
+
 def make_client_fn(cfg: dict):
-    """client_fn for Flower: one SSLClient for the partition named in the node config."""
+    """client_fn for Flower: one client for the partition named in the node config."""
     threads = int(client_resources(cfg)["num_cpus"])
 
     def client_fn(context):
-        pid = int(context.node_config["partition-id"])
-        return SSLClient(cfg, pid, context.state, threads=threads).to_client()
+        return build_client(cfg, int(context.node_config["partition-id"]), context.state, threads).to_client()
 
     return client_fn
 

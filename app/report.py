@@ -53,6 +53,7 @@ class RunReport:
             "rounds": [],
             "initial_eval": None,
             "knn": [],
+            "retrieval": [],
             "final": {},
             "failures": [],
             "rejected": [],
@@ -72,6 +73,7 @@ class RunReport:
                        output_dir=str(self.out_dir), checkpoint=None, final={})
         summary["rounds"] = [r for r in summary["rounds"] if r["round"] <= k]
         summary["knn"] = [e for e in summary["knn"] if e["round"] <= k]
+        summary["retrieval"] = [e for e in summary.get("retrieval", []) if e["round"] <= k]
         summary["failures"] = [f for f in summary["failures"] if f["round"] <= k]
         summary["rejected"] = [r for r in summary["rejected"] if r["round"] <= k]
         summary.setdefault("resumed", []).append({"from_round": k, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -99,12 +101,16 @@ class RunReport:
         if self.wandb is None:
             return
         flat = {}
-        for key in ("train_loss", "wall_seconds", "bytes_sent", "bytes_received", "eval_seconds"):
+        for key in ("train_loss", "wall_seconds", "bytes_sent", "bytes_received", "eval_seconds", "kd_loss"):
             if key in record:
                 flat[key] = record[key]
         for key, value in (record.get("eval") or {}).items():
             if isinstance(value, (int, float)):
                 flat[f"eval/{key}"] = value
+        for pid, values in ((record.get("eval") or {}).get("per_client") or {}).items():
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    flat[f"client/{pid}/eval/{key}"] = value
         for pid, c in record.get("clients", {}).items():
             for key, value in c.items():
                 if key.startswith("predictor"):
@@ -133,6 +139,11 @@ class RunReport:
         if ev and "knn_accuracy" in ev:
             self.summary["knn"] = [k for k in self.summary["knn"] if k["round"] != rnd]
             self.summary["knn"].append({"round": rnd, "accuracy": ev["knn_accuracy"]})
+        if ev and "rank1" in ev:  # re-ID: rank-1 / mAP against rounds (convergence)
+            self.summary["retrieval"] = [e for e in self.summary["retrieval"] if e["round"] != rnd]
+            self.summary["retrieval"].append({"round": rnd, "rank1": ev["rank1"], "mAP": ev["mAP"],
+                                              "per_client": {p: {"rank1": c["rank1"], "mAP": c["mAP"]}
+                                                             for p, c in ev.get("per_client", {}).items()}})
         if ev and ev.get("final"):
             self.summary["final"] = ev
         if record.get("checkpoint"):
@@ -162,9 +173,16 @@ class RunReport:
             mus = [c["mu"] for c in record["clients"].values() if "mu" in c]
             if mus:
                 parts.append(f"EMA mu {min(mus):.2f}-{max(mus):.2f}")
+            weights = [c["weight"] for c in record["clients"].values() if "weight" in c]
+            if weights:
+                parts.append(f"weights {min(weights):.2f}-{max(weights):.2f}")
+        if "kd_loss" in record:
+            parts.append(f"KD loss {record['kd_loss']:.4f}")
         ev = record.get("eval") or {}
         if "knn_accuracy" in ev:
             parts.append(f"kNN {100 * ev['knn_accuracy']:.2f}%")
+        if "rank1" in ev:
+            parts.append(f"rank-1 {100 * ev['rank1']:.2f}% mAP {100 * ev['mAP']:.2f}%")
         if ev.get("linear_accuracy") is not None:
             parts.append(f"linear {100 * ev['linear_accuracy']:.2f}%")
         if "wall_seconds" in record:
@@ -196,7 +214,7 @@ class RunReport:
         self._save()
         if self.wandb is not None:
             final = self.summary["final"] or {}
-            for key in ("knn_accuracy", "linear_accuracy"):
+            for key in ("knn_accuracy", "linear_accuracy", "rank1", "rank5", "rank10", "mAP"):
                 if isinstance(final.get(key), float) and not math.isnan(final[key]):
                     self.wandb.summary[f"final/{key}"] = final[key]
             self.wandb.summary["status"] = self.summary["status"]

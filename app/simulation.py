@@ -10,6 +10,7 @@ from app.config import ConfigError, centralise, validate
 from app.federation import build_client_app, build_server_app, client_resources
 from app.report import RunReport
 from tasks.federated_data import dataset_from_cfg, partitions
+from tasks.reid_data import check_reid_data, is_reid
 
 log = logging.getLogger("fedssl")
 
@@ -21,6 +22,9 @@ class RunFailed(RuntimeError):
 def preflight(cfg: dict) -> None:
     """Everything that can be refused before training starts: values, data, partition."""
     validate(cfg)
+    if is_reid(cfg):
+        check_reid_data(cfg)  # every client's identities, its evaluation set, the public set
+        return
     dataset_from_cfg(cfg)  # DataError naming the paths searched
     parts = partitions(cfg)  # PartitionError for impossible splits
     small = [k for k, p in enumerate(parts) if len(p) < cfg["batch_size"]]

@@ -44,27 +44,32 @@ def completed(summary_path: Path) -> dict | None:
     return None
 
 
-def run_cell(method: str, partition: str, args) -> dict:
-    out = args.out / partition / method
+def run_resumable(out: Path, overrides: list[str]) -> dict:
+    """One `python main.py` run into `out`: reused when completed, resumed when interrupted."""
     done = completed(out / "summary.json")
     if done is not None:
-        print(f"{partition}/{method}: done earlier, reusing {out / 'summary.json'}", flush=True)
+        print(f"{out}: done earlier, reusing its summary.json", flush=True)
         return done
-    cmd = [sys.executable, "main.py", *METHODS[method][1], f"dataset={args.dataset}", f"partition={partition}",
-           f"num_clients={args.num_clients}", f"experiment={args.preset}", f"seed={args.seed}",
-           f"output_dir={out}", "wandb.mode=disabled", *args.extra]
+    cmd = [sys.executable, "main.py", *overrides, f"output_dir={out}"]
     if out.exists() and (out / "state" / "server.pt").is_file():
         cmd = [sys.executable, "main.py", f"resume={out}"]  # an interrupted cell continues
     print("running:", " ".join(cmd), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     proc = launch(cmd)
-    (out.parent / f"{method}.log").write_text(proc.stdout + proc.stderr)
+    log = out.parent / f"{out.name}.log"
+    log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"{partition}/{method} failed (exit {proc.returncode}); log: {out.parent / f'{method}.log'}")
+        raise SystemExit(f"{out} failed (exit {proc.returncode}); log: {log}")
     s = json.loads((out / "summary.json").read_text())
     s["process_seconds"] = time.perf_counter() - t0
     return s
+
+
+def run_cell(method: str, partition: str, args) -> dict:
+    return run_resumable(args.out / partition / method, [
+        *METHODS[method][1], f"dataset={args.dataset}", f"partition={partition}", f"num_clients={args.num_clients}",
+        f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
 
 
 def row(method: str, partition: str, s: dict) -> dict:
@@ -136,14 +141,19 @@ def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [row(m, part, run_cell(m, part, args)) for part in args.partitions for m in args.methods]
-    table = markdown(rows, args)
+    write_results(args, rows, markdown(rows, args), plot, "knn_rounds.png")
+    return rows
+
+
+def write_results(args, rows: list[dict], table: str, plot_fn, png: str) -> None:
+    """Print the table; write table.md, table.json (settings + rows) and the plot into args.out."""
     print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(table)
     (args.out / "table.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
                                                      "rows": rows}, indent=2))
-    plot(rows, args.out / "knn_rounds.png")
-    print(f"written: {args.out}/table.md, table.json, knn_rounds.png")
-    return rows
+    plot_fn(rows, args.out / png)
+    print(f"written: {args.out}/table.md, table.json, {png}")
 
 
 if __name__ == "__main__":

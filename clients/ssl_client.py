@@ -7,19 +7,11 @@ in `context.state`, because Flower builds a new client object every round.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
-from flwr.client import NumPyClient
-
-from clients import state_store
+from clients.base import STATE_WEIGHTS, InjectedFault, StatefulClient  # noqa: F401 - re-exported
 from strategies.weights import layer_divergence
 from tasks.fedema import ema_mix
 from tasks.federated_data import client_images
-from tasks.train import NonFiniteLossError, client_generator, resolve_device, round_lr, train_one_round
+from tasks.train import NonFiniteLossError, client_generator, round_lr, train_one_round
 from tasks.wire import (
     build_federated_method,
     divergence_layers,
@@ -29,64 +21,12 @@ from tasks.wire import (
     set_arrays,
 )
 
-STATE_WEIGHTS = "fedssl.local_weights"
-STATE_INFO = "fedssl.client_info"
-
 
 class LayoutMismatch(RuntimeError):
     """Server and client disagree on what is uploaded (different config or code version)."""
 
 
-class InjectedFault(RuntimeError):
-    """Raised on purpose by `faults.client_raise`, to test what a run survives."""
-
-
-def _hit(pairs, pid: int, rnd: int) -> bool:
-    return any(int(p) == pid and int(r) == rnd for p, r in (pairs or []))
-
-
-class SSLClient(NumPyClient):
-    def __init__(self, cfg: dict, partition_id: int, state: RecordDict, threads: int = 1,
-                 state_dir: str | None = None):
-        self.cfg, self.pid, self.state, self.threads = cfg, int(partition_id), state, threads
-        root = state_dir or cfg.get("client_state_dir")
-        self.state_dir = Path(root) / str(self.pid) if root else None
-
-    def get_properties(self, config):
-        return {"partition_id": self.pid}
-
-    def _restore(self, method) -> dict:
-        if STATE_WEIGHTS in self.state:
-            method.load_state_dict(self.state[STATE_WEIGHTS].to_torch_state_dict(), strict=False)
-        info = self.state.get(STATE_INFO)
-        return dict(info) if info is not None else {}
-
-    def _persist(self, method, keep: list[str], info: dict) -> None:
-        sd = method.state_dict()
-        self.state[STATE_WEIGHTS] = ArrayRecord({k: sd[k].detach().cpu() for k in keep})
-        self.state[STATE_INFO] = ConfigRecord(info)
-
-    def _recover(self, resume_round: int) -> None:
-        """After a restart the in-memory state is empty: reload the saved one (<= resume_round)."""
-        if STATE_WEIGHTS in self.state or resume_round <= 0 or self.state_dir is None:
-            return
-        state_store.restore(self.state_dir, resume_round, self.state)
-
-    def _inject_faults(self, rnd: int) -> None:
-        faults = self.cfg.get("faults") or {}
-        if _hit(faults.get("client_hang"), self.pid, rnd):
-            time.sleep(float(faults.get("hang_seconds", 60)))
-        if _hit(faults.get("client_raise"), self.pid, rnd):
-            raise InjectedFault(f"injected fault: client {self.pid} raises in round {rnd}")
-
-    def _corrupt(self, arrays: list[np.ndarray], rnd: int) -> list[np.ndarray]:
-        faults = self.cfg.get("faults") or {}
-        if _hit(faults.get("nan_update"), self.pid, rnd):
-            arrays[0] = np.full_like(arrays[0], np.nan)
-        if _hit(faults.get("wrong_shape_update"), self.pid, rnd):
-            arrays[0] = arrays[0].reshape(-1)[:-1].copy()
-        return arrays
-
+class SSLClient(StatefulClient):
     def _fedema_update(self, method, plan, keys, parameters, info: dict, rnd: int) -> dict:
         """SPEC §3: mix local and global; a client that skipped rounds takes the global model
         and resets its target to it."""
@@ -101,17 +41,13 @@ class SSLClient(NumPyClient):
                        None if lam is None else float(lam))
 
     def fit(self, parameters, config):
-        cfg, rnd = self.cfg, int(config["server_round"])
-        who = f"client {self.pid}, round {rnd}"
-        self._inject_faults(rnd)
-        self._recover(int(config.get("resume_round", 0)))
-        torch.set_num_threads(self.threads)
-        device = resolve_device(str(cfg["device"]))
+        cfg = self.cfg
+        rnd, who, device = self.begin_round(config)
         method, plan, keys = build_federated_method(cfg)
         if config.get("layout") and config["layout"] != layout_fingerprint(method, keys):
             raise LayoutMismatch(f"{who}: the server's upload layout differs from this client's config")
         info = self._restore(method)
-        first = STATE_WEIGHTS not in self.state
+        first = self.first_participation
 
         strategy = cfg["strategy"]["name"]
         received, mixing = set(), {}
@@ -144,9 +80,7 @@ class SSLClient(NumPyClient):
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
         if "lambda" in mixing:
             info["ema_lambda"] = mixing["lambda"]
-        self._persist(method, keep, info)
-        if int(config.get("checkpoint_every", 0)) > 0 and self.state_dir is not None:
-            state_store.save(self.state_dir, rnd, self.state, keep_from=int(config.get("last_checkpoint", 0)))
+        self._persist(method, keep, info, config)
         metrics = {
             "partition_id": self.pid,
             "loss": stats["loss"],

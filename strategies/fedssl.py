@@ -56,12 +56,15 @@ class ServerHooks:
     save_checkpoint(models, round) -> path of the final checkpoint written.
     save_state(round, global arrays, strategy state): persist the federation after a round
         (resume); called every `checkpoint_every` rounds and after the last one.
+    distill(student, teachers, round) -> (arrays, loss): knowledge distillation (FedPav only).
     """
 
     evaluate: Callable[[int, dict[str, NDArrays], bool], dict]
     report: Callable[[dict], None]
     save_checkpoint: Callable[[dict[str, NDArrays], int], str]
     save_state: Callable[[int, NDArrays, dict], None] = lambda rnd, arrays, state: None
+    # distill(student arrays, teachers' arrays, round) -> (new arrays, loss): FedPav's server-side KD
+    distill: Callable[[NDArrays, list[NDArrays], int], tuple[NDArrays, float]] | None = None
 
 
 @dataclass

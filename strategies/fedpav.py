@@ -1,0 +1,69 @@
+"""FedPav (ACM MM 2020, SPEC §5): federated partial averaging for re-identification.
+
+Clients upload the backbone and embedding block and keep their classifiers. The server averages
+the uploads weighted by examples, or, with `cdw=True`, by the cosine distance d_k each client
+reports (w_k = d_k / sum_j d_j). With `kd=True`, every `kd_every` rounds the aggregate is
+distilled on the server's public set towards the mean normalised embedding of every client's
+latest upload (hooks.distill, torch side). Per-client weights, d_k and the KD loss go into
+the round's record (summary.json, W&B).
+"""
+
+from __future__ import annotations
+
+from logging import WARNING
+
+import numpy as np
+from flwr.common import Scalar, log
+
+from strategies.fedssl import FedSSL
+from strategies.weights import NDArrays, weighted_average
+
+
+class FedPav(FedSSL):
+    def __init__(self, *, cdw: bool = False, kd: bool = False, kd_every: int = 10, **kwargs):
+        self.latest: dict[int, NDArrays] = {}  # every client's latest upload: the KD teachers
+        super().__init__(**kwargs)
+        if kd and self.hooks.distill is None:
+            raise ValueError("FedPav with kd=True needs a distill hook (server-side torch work)")
+        if kd_every < 1:
+            raise ValueError(f"kd_every must be >= 1, got {kd_every}")
+        self.cdw, self.kd, self.kd_every = cdw, kd, kd_every
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "latest": dict(self.latest)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.latest = {int(pid): [np.asarray(a) for a in arrays] for pid, arrays in state.get("latest", {}).items()}
+
+    def client_config(self, server_round: int, pid: int) -> dict[str, Scalar]:
+        return {**super().client_config(server_round, pid), "cdw": self.cdw}
+
+    def aggregation_weights(self, updates) -> list[float]:
+        """n_k, or the clients' cosine distances d_k under CDW (normalised by weighted_average)."""
+        if not self.cdw:
+            return [float(n) for _, _, n, _ in updates]
+        d = [float(m.get("cdw", np.nan)) for _, _, _, m in updates]
+        if all(np.isfinite(x) and x >= 0 for x in d) and sum(d) > 0:
+            return d
+        log(WARNING, "cdw: unusable distances %s; this round is weighted by examples", d)
+        self.record["cdw_fallback"] = True
+        return [float(n) for _, _, n, _ in updates]
+
+    def aggregate_updates(self, server_round: int, updates) -> NDArrays:
+        weights = self.aggregation_weights(updates)
+        aggregated = weighted_average([u[1] for u in updates], weights)
+        total = sum(weights)
+        for (pid, arrays, _, metrics), w in zip(updates, weights):
+            entry = self.record["clients"][str(pid)]
+            entry["weight"] = w / total
+            if "cdw" in metrics:
+                entry["cdw"] = float(metrics["cdw"])
+            if self.kd:
+                self.latest[pid] = arrays
+        if self.kd and server_round % self.kd_every == 0 and self.latest:
+            teachers = [self.latest[pid] for pid in sorted(self.latest)]
+            aggregated, loss = self.hooks.distill(aggregated, teachers, server_round)
+            self.record["kd_loss"] = loss
+            self.record["kd_teachers"] = sorted(self.latest)
+        return aggregated
