@@ -2,6 +2,8 @@
 
 Composes the Hydra config (conf/), refuses bad input before any training, runs the
 federation in Flower's simulation engine and prints where summary.json and the checkpoint are.
+`python main.py mode=route checkpoint=<sdr run>/checkpoint_final.pt dataset=<downstream>` ranks
+the sub-networks of an SDR checkpoint on a downstream data set instead (tasks/sdr_route.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main(cfg: DictConfig) -> None:
     plain = to_plain(cfg)
     overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in ("resume", "output_dir")]
     plain["command_line"] = overrides
+    if plain["mode"] == "route":
+        return route_command(plain)
     try:
         resume_state = None
         if plain["resume"]:
@@ -61,6 +65,19 @@ def main(cfg: DictConfig) -> None:
     log.info("done: %s on %s, %d clients, %d rounds | %s | %.0fs | %s", plain["strategy"]["name"],
              plain["dataset"]["name"], plain["num_clients"], plain["num_rounds"], scores,
              summary["wall_seconds"], f"{out_dir}/summary.json")
+
+
+def route_command(plain: dict) -> None:
+    """mode=route: rank the paths of an SDR checkpoint on a downstream data set, export the best."""
+    from tasks.sdr_route import route, table
+
+    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
+    try:
+        report = route(plain, out_dir)
+    except _user_errors() as err:
+        sys.exit(f"error: {err}")
+    print(table(report))
+    log.info("route: %s/route.json, backbone %s", out_dir, report["exported_backbone"])
 
 
 def check_command_line(argv: list[str]) -> None:

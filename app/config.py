@@ -116,6 +116,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for BYOL (ssl=byol); "
                           f"run ssl={cfg['ssl']['name']} with strategy=fedavg or strategy=standalone")
     _validate_task(cfg)
+    _check(cfg.get("mode", "train") in ("train", "route"), f"mode={cfg.get('mode')!r}; choose train or route")
     ev = cfg["eval"]
     _check(ev["knn_features"] in ("backbone", "projector"),
            f"eval.knn_features={ev['knn_features']!r}; choose backbone or projector")
@@ -147,6 +148,14 @@ def _validate_task(cfg: dict) -> None:
     if name == "fedpav" and not reid:
         raise ConfigError(f"strategy=fedpav trains re-identification models; dataset={cfg['dataset']['name']} has "
                           f"no identities. Use dataset=cifar100_reid (proxy) or dataset=reid_folders")
+    if name == "sdr":
+        sd = cfg["sdr"]
+        blocks = len(sd["shared"])
+        _check(blocks >= 1 and len(sd["group"]) == blocks and len(sd["strides"]) == blocks,
+               f"sdr.shared, sdr.group and sdr.strides need one entry per SDR block, got {sd['shared']}, "
+               f"{sd['group']}, {sd['strides']}")
+        _check(isinstance(sd["groups"], int) and sd["groups"] >= 1, f"sdr.groups must be an integer >= 1, got {sd['groups']!r}")
+        _check(float(sd["width"]) > 0 and float(sd["lr"]) > 0, f"sdr.width and sdr.lr must be > 0")
     if not reid:
         return
     r = cfg["reid"]

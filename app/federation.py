@@ -17,6 +17,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
 from clients.reid_client import ReIDClient
+from clients.sdr_client import SDRClient
 from clients.ssl_client import SSLClient
 from strategies import STRATEGIES, Layout, ServerHooks
 from tasks.checkpoint import CheckpointError, save_checkpoint
@@ -25,6 +26,8 @@ from tasks.reid import distill as reid_distill
 from tasks.reid_data import is_reid, public_images
 from tasks.reid_eval import ReIDEvaluator
 from tasks.representation import RepresentationEvaluator
+from tasks.sdr import all_paths, build_sdr_model, group_regions
+from tasks.sdr_eval import SDREvaluator
 from tasks.train import client_generator, resolve_device
 from tasks.wire import build_federated_method, divergence_layers, get_arrays, layout_fingerprint, set_arrays
 
@@ -51,9 +54,10 @@ def client_resources(cfg: dict) -> dict:
 
 def build_layout(cfg: dict):
     """The upload layout and the initial global arrays, from the same code the clients run."""
-    if is_reid(cfg):  # FedPav: backbone + embedding block; classifiers stay on the clients
-        net = build_reid_net(cfg)
-        keys = shared_keys(net)
+    if is_reid(cfg) or cfg["strategy"]["name"] == "sdr":
+        # FedPav: backbone + embedding block (classifiers stay on the clients); SDR: everything
+        net = build_reid_net(cfg) if is_reid(cfg) else build_sdr_model(cfg)
+        keys = shared_keys(net) if is_reid(cfg) else list(net.state_dict())
         arrays = get_arrays(net, keys)
         return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(net, keys)), arrays
     method, plan, keys = build_federated_method(cfg)
@@ -98,7 +102,8 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
                                   "(different keys or shapes); resume with the original settings")
         initial = resume_state["arrays"]
         set_rng_states(resume_state["rng"])
-    evaluator = ReIDEvaluator(cfg) if is_reid(cfg) else RepresentationEvaluator(cfg)
+    evaluator = (ReIDEvaluator(cfg) if is_reid(cfg) else SDREvaluator(cfg) if cfg["strategy"]["name"] == "sdr"
+                 else RepresentationEvaluator(cfg))
     out_dir = Path(report.out_dir)
 
     def checkpoint(models, server_round):
@@ -127,6 +132,10 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
         return cls(predictor=st["predictor"], mu=float(st["mu"]), divergence=st["divergence"], **common)
     if st["name"] == "fedpav":
         return cls(cdw=bool(st["cdw"]), kd=bool(st["kd"]), kd_every=int(st["kd_every"]), **common)
+    if st["name"] == "sdr":
+        model = build_sdr_model(cfg)
+        return cls(regions=group_regions(model, layout.keys),
+                   path_groups=all_paths(model.net.groups, model.net.num_blocks), **common)
     return cls(**common)
 
 
@@ -150,7 +159,7 @@ def build_server_app(cfg: dict, report: RunReport, resume_state: dict | None = N
 
 def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None):
     """The client for the run's task: re-ID (FedPav, standalone on a re-ID dataset) or SSL."""
-    cls = ReIDClient if is_reid(cfg) else SSLClient
+    cls = ReIDClient if is_reid(cfg) else SDRClient if cfg["strategy"]["name"] == "sdr" else SSLClient
     return cls(cfg, partition_id, state, threads=threads, state_dir=state_dir)
 
 

@@ -29,8 +29,14 @@ def final_weights(run_dir):
     return load_checkpoint(run_dir / "checkpoint_final.pt")["models"]["global"]
 
 
-def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_dir, cache_dir):
-    common = ["num_rounds=4", "checkpoint_every=2", "strategy=fedu"]
+@pytest.mark.parametrize("strategy", [
+    ["strategy=fedu"],
+    # local classifiers (client state on disk) and the distillation teachers (server state)
+    ["strategy=fedpav", "dataset=cifar100_reid", "strategy.kd=true", "strategy.kd_every=1", "strategy.cdw=true"],
+    ["strategy=sdr"],  # progressive stages and routed samples follow the round
+], ids=["fedu", "fedpav", "sdr"])
+def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_dir, cache_dir, strategy):
+    common = ["num_rounds=4", "checkpoint_every=2", *strategy]
     whole = main_py(tmp_path, data_dir, cache_dir, *common, out="whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = main_py(tmp_path, data_dir, cache_dir, *common, "faults.exit_after_round=2", out="killed")
@@ -48,9 +54,9 @@ def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_di
     assert s["resumed"][0]["from_round"] == 2
     w = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert [r["train_loss"] for r in s["rounds"]] == pytest.approx([r["train_loss"] for r in w["rounds"]])
-    # the decisions carried across the restart are the same as in the uninterrupted run
-    assert [r["clients"]["1"]["predictor_used"] for r in s["rounds"]] == \
-           [r["clients"]["1"]["predictor_used"] for r in w["rounds"]]
+    # what each client did after the restart is what it did in the uninterrupted run
+    for key in ("predictor_used", "weight", "routed"):
+        assert [r["clients"]["1"].get(key) for r in s["rounds"]] == [r["clients"]["1"].get(key) for r in w["rounds"]]
 
 
 def test_failing_hanging_and_corrupt_clients_are_recorded_and_the_run_completes(tmp_path, data_dir, cache_dir):

@@ -1,0 +1,56 @@
+"""Federated SDR pre-training (SPEC §6): group-aware averaging, NumPy only.
+
+Every array is first averaged over all clients weighted by examples (shared weights, the heads,
+the centroids). Then each individual group's slice (`regions`: array index, rows, block, group)
+is replaced by its average over the clients that routed samples to a path using that group,
+weighted by those samples; a group no client routed to this round keeps the example-weighted
+average (the full SDRnet, trained on all data, updated it everywhere). Clients report
+`routed_<path>` sample counts; `path_groups[p]` is path p's group per block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from strategies.fedssl import FedSSL
+from strategies.weights import NDArrays, weighted_average
+
+
+class FedSDR(FedSSL):
+    def __init__(self, *, regions: list[tuple[int, int, int, int, int]], path_groups: list[tuple[int, ...]], **kwargs):
+        super().__init__(**kwargs)
+        self.regions, self.path_groups = regions, path_groups
+
+    def group_samples(self, metrics: dict) -> dict[tuple[int, int], int]:
+        """(block, group) -> samples this client routed through it this round."""
+        out: dict[tuple[int, int], int] = {}
+        for p, groups in enumerate(self.path_groups):
+            n = int(metrics.get(f"routed_{p}", 0))
+            for b, g in enumerate(groups):
+                if n:
+                    out[(b, g)] = out.get((b, g), 0) + n
+        return out
+
+    def aggregate_updates(self, server_round: int, updates) -> NDArrays:
+        aggregated = weighted_average([u[1] for u in updates], [u[2] for u in updates])
+        samples = {pid: self.group_samples(m) for pid, _, _, m in updates}
+        by_group: dict[str, dict] = {}
+        for index, start, stop, block, group in self.regions:
+            contributors = [(arrays, samples[pid][(block, group)]) for pid, arrays, _, _ in updates
+                            if samples[pid].get((block, group), 0) > 0]
+            if contributors:
+                total = sum(w for _, w in contributors)
+                aggregated[index][start:stop] = sum(
+                    a[index][start:stop].astype(np.float64) * (w / total) for a, w in contributors
+                ).astype(aggregated[index].dtype)
+            by_group[f"{block}.{group}"] = {"clients": [pid for pid, _, _, _ in updates
+                                                        if samples[pid].get((block, group), 0) > 0],
+                                            "samples": sum(s.get((block, group), 0) for s in samples.values())}
+        for pid, _, _, metrics in updates:
+            entry = self.record["clients"][str(pid)]
+            entry["stage"] = int(metrics.get("stage", 0))
+            entry["routed"] = {p: int(metrics[f"routed_{p}"]) for p in range(len(self.path_groups))
+                               if f"routed_{p}" in metrics}
+            entry["centroid_loss"] = float(metrics.get("centroid_loss", float("nan")))
+        self.record["groups"] = by_group
+        return aggregated
