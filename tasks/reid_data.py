@@ -235,5 +235,9 @@ def check_reid_data(cfg: dict) -> None:
         n = num_identities(cfg, pid)
         if n < 2:
             raise DataError(f"client {pid} has {n} training identities; re-ID training needs at least 2")
+        images = len(client_train(cfg, pid)[0])
+        if images < int(cfg["reid"]["batch_size"]):
+            raise DataError(f"client {pid} has {images} training images, fewer than reid.batch_size="
+                            f"{cfg['reid']['batch_size']}; lower reid.batch_size or raise examples_per_client")
     if cfg["strategy"].get("kd"):
         public_images(cfg)

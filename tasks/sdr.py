@@ -222,7 +222,7 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
                     device: torch.device, generator: torch.Generator, who: str) -> dict:
     """E epochs: every step SimSiam on the full SDRnet (batch of all data) and, from stage 1 on,
     SimSiam + SiamKD on one path of the stage (batch of the data routed to it). Returns the loss,
-    the samples routed to each path this stage and the path batches trained."""
+    the samples routed to each path it trained (stage mapping) and the path batches trained."""
     from tasks.augment import byol_view, to_float
     from tasks.train import NonFiniteLossError
 
@@ -266,7 +266,8 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
     seconds = time.perf_counter() - t0
     return {"loss": float(torch.stack(losses).mean()), "train_seconds": seconds,
             "images_per_second": epochs * steps * batch_size / max(seconds, 1e-9),
-            "routed": {p: len(idx) for p, idx in by_path.items()}, "path_steps": path_steps}
+            # samples of the paths this client actually trained (a group's aggregation weight)
+            "routed": {p: len(by_path[p]) for p in sorted(path_steps)}, "path_steps": path_steps}
 
 
 # ---------------------------------------------------------------- building, groups, export

@@ -205,3 +205,19 @@ def test_fedpav_command_writes_retrieval_results_per_client(tmp_path, data_dir, 
     ckpt = torch.load(tmp_path / "run" / "checkpoint_final.pt", weights_only=False)
     assert not [k for k in ckpt["keys"] if k.startswith("classifier")]
     json.dumps(s)  # plain JSON
+
+
+def test_re_id_config_mistakes_are_refused_before_training(make_cfg):
+    from app.config import ConfigError
+    from app.simulation import preflight
+
+    with pytest.raises(ConfigError, match="Use strategy=fedpav or strategy=standalone"):
+        preflight(make_cfg("strategy=fedu", "dataset=cifar100_reid"))
+    with pytest.raises(ConfigError, match="Use dataset=cifar100_reid"):
+        preflight(make_cfg("strategy=fedpav", "dataset=cifar100"))
+    with pytest.raises(DataError, match="fewer than reid.batch_size=100"):
+        preflight(make_cfg("strategy=fedpav", "dataset=cifar100_reid", "reid.batch_size=100"))
+    with pytest.raises(ConfigError, match="strategy.kd_every must be an integer >= 1"):
+        preflight(make_cfg("strategy=fedpav", "dataset=cifar100_reid", "strategy.kd_every=0"))
+    with pytest.raises(DataError, match="re-ID folder /nonexistent/bounding_box_train does not exist"):
+        preflight(make_cfg("strategy=fedpav", "dataset=reid_folders", "num_clients=1", "dataset.roots=[/nonexistent]"))
