@@ -52,19 +52,28 @@ def client_resources(cfg: dict) -> dict:
     return {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}
 
 
+def task_of(cfg: dict) -> str:
+    """What the clients train: "reid" (FedPav, or standalone on re-ID data), "sdr", or "ssl"."""
+    return "reid" if is_reid(cfg) else "sdr" if cfg["strategy"]["name"] == "sdr" else "ssl"
+
+
+EVALUATORS = {"ssl": RepresentationEvaluator, "reid": ReIDEvaluator, "sdr": SDREvaluator}
+CLIENTS = {"ssl": SSLClient, "reid": ReIDClient, "sdr": SDRClient}
+
+
 def build_layout(cfg: dict):
     """The upload layout and the initial global arrays, from the same code the clients run."""
-    if is_reid(cfg) or cfg["strategy"]["name"] == "sdr":
-        # FedPav: backbone + embedding block (classifiers stay on the clients); SDR: everything
-        net = build_reid_net(cfg) if is_reid(cfg) else build_sdr_model(cfg)
-        keys = shared_keys(net) if is_reid(cfg) else list(net.state_dict())
-        arrays = get_arrays(net, keys)
-        return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(net, keys)), arrays
-    method, plan, keys = build_federated_method(cfg)
-    arrays = get_arrays(method, keys)
-    layout = Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(method, keys),
-                    divergence_layers=divergence_layers(keys, plan))
-    return layout, arrays
+    task = task_of(cfg)
+    if task == "ssl":
+        method, plan, keys = build_federated_method(cfg)
+        arrays = get_arrays(method, keys)
+        return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(method, keys),
+                      divergence_layers=divergence_layers(keys, plan)), arrays
+    # FedPav uploads backbone + embedding block (classifiers stay on the clients); SDR everything
+    net = build_reid_net(cfg) if task == "reid" else build_sdr_model(cfg)
+    keys = shared_keys(net) if task == "reid" else list(net.state_dict())
+    arrays = get_arrays(net, keys)
+    return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(net, keys)), arrays
 
 
 SERVER_STREAM = 1_000_000  # the server's own random stream (clients use their partition ids)
@@ -102,8 +111,7 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
                                   "(different keys or shapes); resume with the original settings")
         initial = resume_state["arrays"]
         set_rng_states(resume_state["rng"])
-    evaluator = (ReIDEvaluator(cfg) if is_reid(cfg) else SDREvaluator(cfg) if cfg["strategy"]["name"] == "sdr"
-                 else RepresentationEvaluator(cfg))
+    evaluator = EVALUATORS[task_of(cfg)](cfg)
     out_dir = Path(report.out_dir)
 
     def checkpoint(models, server_round):
@@ -158,9 +166,8 @@ def build_server_app(cfg: dict, report: RunReport, resume_state: dict | None = N
 
 
 def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None):
-    """The client for the run's task: re-ID (FedPav, standalone on a re-ID dataset) or SSL."""
-    cls = ReIDClient if is_reid(cfg) else SDRClient if cfg["strategy"]["name"] == "sdr" else SSLClient
-    return cls(cfg, partition_id, state, threads=threads, state_dir=state_dir)
+    """The client for the run's task (`task_of`)."""
+    return CLIENTS[task_of(cfg)](cfg, partition_id, state, threads=threads, state_dir=state_dir)
 
 
 def make_client_fn(cfg: dict):
