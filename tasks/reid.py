@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tasks.augment import to_float
 from tasks.models import build_backbone
-from tasks.train import NonFiniteLossError
+from tasks.train import sgd_step
 
 SHARED_PARTS = ("backbone", "embedding")
 
@@ -98,12 +98,7 @@ def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, e
             idx = np.sort(order[i:i + bs])
             x = flip_translate(to_float(torch.from_numpy(images[idx]), device), generator)
             loss = F.cross_entropy(net(x), y_all[idx].to(device))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"{who}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                                         f"lower reid.lr_backbone / reid.lr_classifier")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(opt, loss, who, epoch, step, "lower reid.lr_backbone / reid.lr_classifier")
             losses.append(loss.item())
             seen += bs
     seconds = time.perf_counter() - t0

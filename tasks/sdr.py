@@ -224,7 +224,7 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
     SimSiam + SiamKD on one path of the stage (batch of the data routed to it). Returns the loss,
     the samples routed to each path it trained (stage mapping) and the path batches trained."""
     from tasks.augment import byol_view, to_float
-    from tasks.train import NonFiniteLossError
+    from tasks.train import sgd_step
 
     net = model.net
     routed = np.array([-1 if (p := path_in_stage(int(c), stage, net.groups, net.num_blocks)) is None else p
@@ -256,12 +256,7 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
                     z1, z2 = model.project(y1, None), model.project(y2, None)
                 loss = loss + lp + kd_weight * 0.5 * (siam_kd(p1, z1) + siam_kd(p2, z2))
                 path_steps[p] = path_steps.get(p, 0) + 1
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"{who}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                                         f"lower ssl.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(opt, loss, who, epoch, step, "lower sdr.lr")
             losses.append(loss.detach())
     seconds = time.perf_counter() - t0
     return {"loss": float(torch.stack(losses).mean()), "train_seconds": seconds,

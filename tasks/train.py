@@ -37,6 +37,15 @@ def client_generator(seed: int, server_round: int, partition_id: int) -> torch.G
     return torch.Generator().manual_seed(int(mixed))
 
 
+def sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor, who: str, epoch: int, step: int, fix: str) -> None:
+    """One optimizer step, refusing a NaN/inf loss with who, where (0-based epoch/step) and what to change."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"{who}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; {fix}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def train_one_round(
     method: SSLMethod,
     images: np.ndarray,
@@ -74,14 +83,8 @@ def train_one_round(
             x = to_float(data[idx], device)
             v1, v2 = byol_view(x, generator), byol_view(x, generator)
             loss = method.loss(v1, v2)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{who}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower the learning rate (ssl.lr={lr:g} this round) or check the data"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            sgd_step(opt, loss, who, epoch, step,
+                     f"lower the learning rate (ssl.lr={lr:g} this round) or check the data")
             done = epoch * steps_per_epoch + step + 1
             method.after_step(progress_start + progress_span * done / total_steps)
             losses.append(loss.detach())
