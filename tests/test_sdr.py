@@ -49,7 +49,7 @@ def test_sinkhorn_assignments_have_the_required_marginals_and_train_the_centroid
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < first
+    assert loss.item() < first
 
 
 def test_paths_are_enumerated_and_a_path_uses_exactly_its_groups():
