@@ -134,13 +134,23 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
     p.add_argument("--extra", nargs="*", default=["eval.semi=true"], help="Hydra overrides for every cell")
+    p.add_argument("--report-only", action="store_true", help="write the table of the finished cells, run nothing")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [row(m, part, run_cell(m, part, args)) for part in args.partitions for m in args.methods]
+    if args.report_only:  # the table of the cells finished so far; nothing is run
+        done = [(m, part, completed(args.out / part / m / "summary.json")) for part in args.partitions for m in args.methods]
+        missing = [f"{part}/{m}" for m, part, s in done if s is None]
+        rows = [row(m, part, s) for m, part, s in done if s is not None]
+        if missing:
+            print(f"not finished yet: {', '.join(missing)}")
+        if not rows:
+            return rows
+    else:
+        rows = [row(m, part, run_cell(m, part, args)) for part in args.partitions for m in args.methods]
     write_results(args, rows, markdown(rows, args), plot, "knn_rounds.png")
     return rows
 

@@ -58,3 +58,14 @@ def test_an_unfinished_cell_is_run_and_an_interrupted_one_resumed(tmp_path, monk
     compare.main(["--methods", "fedu", "fedbyol", "--partitions", "classes", "--out", str(tmp_path)])
     assert "strategy=fedu" in calls[0] and f"output_dir={tmp_path / 'classes' / 'fedu'}" in calls[0]
     assert calls[1][2:] == [f"resume={interrupted}"]
+
+
+def test_report_only_tables_the_finished_cells_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    cell = tmp_path / "classes" / "fedu"
+    cell.mkdir(parents=True)
+    (cell / "summary.json").write_text(json.dumps(fake_summary(0.1)))
+    monkeypatch.setattr(compare, "launch", lambda cmd: (_ for _ in ()).throw(AssertionError("ran a cell")))
+    rows = compare.main(["--methods", "fedu", "fedema", "--partitions", "classes", "--out", str(tmp_path), "--report-only"])
+    assert [r["method"] for r in rows] == ["FedU"]
+    assert "not finished yet: classes/fedema" in capsys.readouterr().out
+    assert "| classes | FedU |" in (tmp_path / "table.md").read_text()
