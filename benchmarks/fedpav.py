@@ -37,7 +37,7 @@ def row(method: str, s: dict) -> dict:
         "per_client": {p: {"rank1": c["rank1"], "mAP": c["mAP"]} for p, c in final["per_client"].items()},
         "curve": curve, "wall_seconds": s["wall_seconds"],
         "kd_loss": [(r["round"], r["kd_loss"]) for r in s["rounds"] if "kd_loss" in r],
-        "weights_last_round": {p: c["weight"] for p, c in s["rounds"][-1]["clients"].items()},
+        "weights_last_round": {p: c.get("weight") for p, c in s["rounds"][-1]["clients"].items()},
         # convergence steadiness: mean |change| of mean rank-1 between consecutive rounds, last half
         "rank1_jitter": _jitter([r for _, r, _ in curve]),
     }
