@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from app.certificates import make_node_key, make_tls
+from app.processes import free_port, stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "local-federation"
@@ -40,12 +41,6 @@ class FederationError(RuntimeError):
     """A process did not start or the run did not complete; the message says where to look."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tool(name: str) -> str:
     """The Flower executable from this Python's environment (the one that has our dependencies)."""
     local = Path(sys.executable).parent / name
@@ -54,66 +49,6 @@ def _tool(name: str) -> str:
 
 def _toml_string(value: str) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def descendants(pid: int) -> list[int]:
-    """All processes below `pid` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def stop_processes(procs: list[subprocess.Popen], grace: float = 10) -> None:
-    """SIGTERM each process and all its descendants (in order), SIGKILL what is left after `grace` s.
-
-    Descendants are collected first: the SuperLink and SuperNodes start flower-superexec in a
-    session of its own (Ray its workers), which a signal to a process group would not reach.
-    """
-    family = [[proc.pid, *descendants(proc.pid)] for proc in procs]
-    for pids in family:
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    while time.monotonic() < deadline and any(_alive(p) for pids in family for p in pids[1:]):
-        time.sleep(0.2)
-    for pids in family:
-        for pid in pids:
-            _signal(pid, signal.SIGKILL)
-    for proc in procs:
-        proc.wait()
 
 
 class LocalFederation:

@@ -218,8 +218,6 @@ def public_images(cfg: dict) -> np.ndarray:
     root = d.get("public_root")
     if not root:
         raise DataError("strategy.kd=true needs an unlabeled public set: set dataset.public_root=<folder of images>")
-    from PIL import Image  # noqa: F401 - fail early if Pillow is missing
-
     files = sorted(p for p in Path(str(root)).expanduser().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"dataset.public_root {root}: no images found")

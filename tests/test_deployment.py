@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.certificates import make_node_key, make_tls
-from app.local_federation import REFUSED, FederationError, LocalFederation, _alive, descendants, main
+from app.local_federation import REFUSED, FederationError, LocalFederation, main
+from app.processes import alive, descendants
 from tasks.data import DataError
 from tasks.local_data import load_local_images, local_images
 
@@ -59,7 +60,7 @@ def test_an_unregistered_supernode_is_refused_and_everything_is_stopped(tmp_path
         pids = _all_pids(fed)
     finally:
         fed.stop()
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if alive(p)]
 
 
 def test_a_failed_run_is_reported_as_failed_not_as_success(tmp_path, cache_dir, capsys):
