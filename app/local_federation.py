@@ -258,7 +258,7 @@ def run_experiment(args) -> int:
         except FederationError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    summary_path = Path(cfg["output_dir"] if "output_dir" in keys else workdir / "run") / "summary.json"
+    summary_path = Path(cfg["output_dir"]) / "summary.json"  # composed with the output_dir the run got
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     ok = run["status"] == "finished:completed" and summary.get("status") == "completed"
     print(f"run {run_id}: {run['status']}; summary.json: {summary.get('status', 'missing')} ({summary_path}); "

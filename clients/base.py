@@ -50,12 +50,16 @@ class StatefulClient(NumPyClient):
     def first_participation(self) -> bool:
         return STATE_WEIGHTS not in self.state
 
+    def _info(self) -> dict:
+        """What the client noted about itself (rounds trained, last round, ...)."""
+        info = self.state.get(STATE_INFO)
+        return dict(info) if info is not None else {}
+
     def _restore(self, module: nn.Module) -> dict:
         """Load what this client kept (strict=False: only its kept keys) and return its info."""
         if STATE_WEIGHTS in self.state:
             module.load_state_dict(self.state[STATE_WEIGHTS].to_torch_state_dict(), strict=False)
-        info = self.state.get(STATE_INFO)
-        return dict(info) if info is not None else {}
+        return self._info()
 
     def _persist(self, module: nn.Module, keep: list[str], info: dict, config) -> None:
         """Keep `keep` of the module and `info` in context.state, and on disk when checkpointing."""

@@ -41,7 +41,7 @@ class SDRClient(StatefulClient):
             return [], 0, {"partition_id": self.pid, "fatal_error": str(err)}
         centroid = update_centroids(model, feats.to(device), int(s["centroid_steps"]), float(s["centroid_lr"]),
                                     float(s["cluster_temperature"]), float(s["sinkhorn_epsilon"]))
-        info = self._restore(model)
+        info = self._info()
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
         self._persist(model, [], info, config)  # nothing local: every SDR weight is global
         metrics = {"partition_id": self.pid, "loss": stats["loss"], "train_seconds": stats["train_seconds"],

@@ -36,20 +36,31 @@ def _from_npz(path: Path) -> np.ndarray:
     return x
 
 
-def _from_folder(folder: Path) -> np.ndarray:
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under `folder` (sorted), by suffix."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image_files(files: list[Path], size: tuple[int, int]) -> np.ndarray:
+    """uint8 N,H,W,3 images, each converted to RGB and resized to `size` (H, W); a bad file is named."""
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    out = np.empty((len(files), SIZE, SIZE, 3), dtype=np.uint8)
+    out = np.empty((len(files), size[0], size[1], 3), dtype=np.uint8)
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+                out[i] = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"{f}: not a readable image ({err}); remove or replace it") from err
     return out
+
+
+def _from_folder(folder: Path) -> np.ndarray:
+    files = image_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return read_image_files(files, (SIZE, SIZE))
 
 
 def _to_size(x: np.ndarray) -> np.ndarray:

@@ -24,13 +24,12 @@ SHARED_PARTS = ("backbone", "embedding")
 
 
 class ReIDNet(nn.Module):
-    def __init__(self, arch: str, width: float, embedding_dim: int = 512, dropout: float = 0.5,
-                 num_ids: int | None = None):
+    def __init__(self, arch: str, width: float, embedding_dim: int = 512, dropout: float = 0.5):
         super().__init__()
         self.backbone = build_backbone(arch, width)
         self.embedding = nn.Sequential(nn.Linear(self.backbone.out_dim, embedding_dim),
                                        nn.BatchNorm1d(embedding_dim), nn.Dropout(dropout))
-        self.classifier = nn.Linear(embedding_dim, num_ids) if num_ids else None
+        self.classifier: nn.Linear | None = None  # the client's own, added by build_reid_net
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedding(self.backbone(x))

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from tasks.data import DataError, load_dataset, take_rows
+from tasks.local_data import image_files, read_image_files
 from tasks.retrieval import JUNK_ID
 
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 @dataclass
@@ -115,19 +115,6 @@ def parse_market_name(name: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _read_images(files: list[Path], size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    out = np.empty((len(files), size[0], size[1], 3), dtype=np.uint8)
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
-        except OSError as err:
-            raise DataError(f"{f}: not a readable image ({err}); remove or replace it") from err
-    return out
-
-
 @lru_cache(maxsize=16)
 def read_market_split(folder: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images, identities and cameras of one Market-1501 split folder (files not in the format are refused)."""
@@ -135,7 +122,7 @@ def read_market_split(folder: str, size: tuple[int, int]) -> tuple[np.ndarray, n
     if not path.is_dir():
         raise DataError(f"re-ID folder {path} does not exist; a Market-1501 style data set needs "
                         f"bounding_box_train/, query/ and bounding_box_test/")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(path, recursive=False)
     parsed = [parse_market_name(p.name) for p in files]
     bad = [p.name for p, x in zip(files, parsed) if x is None]
     if bad:
@@ -144,7 +131,7 @@ def read_market_split(folder: str, size: tuple[int, int]) -> tuple[np.ndarray, n
         raise DataError(f"{path}: no images")
     ids = np.array([x[0] for x in parsed], dtype=np.int64)
     cams = np.array([x[1] for x in parsed], dtype=np.int64)
-    return _read_images(files, size), ids, cams
+    return read_image_files(files, size), ids, cams
 
 
 def _size(cfg: dict) -> tuple[int, int]:
@@ -218,11 +205,11 @@ def public_images(cfg: dict) -> np.ndarray:
     root = d.get("public_root")
     if not root:
         raise DataError("strategy.kd=true needs an unlabeled public set: set dataset.public_root=<folder of images>")
-    files = sorted(p for p in Path(str(root)).expanduser().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(Path(str(root)).expanduser())
     if not files:
         raise DataError(f"dataset.public_root {root}: no images found")
     files = [files[i] for i in _limit(np.arange(len(files)), limit, int(cfg["seed"]) + 11)]
-    return _read_images(files, _size(cfg))
+    return read_image_files(files, _size(cfg))
 
 
 def check_reid_data(cfg: dict) -> None:

@@ -30,9 +30,13 @@ class ReIDEvaluator:
             self._sets[pid] = client_eval(self.cfg, pid)
         return self._sets[pid]
 
-    def evaluate_one(self, arrays: list[np.ndarray], pid: int) -> dict:
+    def load(self, arrays: list[np.ndarray]):
         net = build_reid_net(self.cfg)
         set_arrays(net, shared_keys(net), arrays)
+        return net
+
+    def evaluate_one(self, net, pid: int) -> dict:
+        """Retrieval of client `pid`'s query/gallery with `net`'s embeddings."""
         device = resolve_device(str(self.cfg["device"]))
         s, r = self.eval_set(pid), self.cfg["reid"]
         bs, flip = int(r["eval_batch_size"]), bool(r["eval_flip"])
@@ -42,10 +46,11 @@ class ReIDEvaluator:
 
     def __call__(self, server_round: int, models: dict[str, list[np.ndarray]], final: bool) -> dict:
         pids = range(int(self.cfg["num_clients"]))
-        if list(models) == ["global"]:
-            per_client = {str(pid): self.evaluate_one(models["global"], pid) for pid in pids}
+        if list(models) == ["global"]:  # one model, built once, on every client's identities
+            net = self.load(models["global"])
+            per_client = {str(pid): self.evaluate_one(net, pid) for pid in pids}
         else:  # standalone: each client's own model on its own identities
-            per_client = {name: self.evaluate_one(arrays, int(name)) for name, arrays in models.items()}
+            per_client = {name: self.evaluate_one(self.load(arrays), int(name)) for name, arrays in models.items()}
         out = {m: float(np.mean([c[m] for c in per_client.values() if not math.isnan(c[m])] or [math.nan]))
                for m in METRICS}
         out.update(per_client=per_client, final=final,

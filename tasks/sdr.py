@@ -26,7 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tasks.augment import byol_view, to_float
 from tasks.methods.contrastive import negative_cosine, sinkhorn
+from tasks.train import sgd_step
 
 
 # ---------------------------------------------------------------- sliced layers
@@ -91,6 +93,8 @@ class SDRNet(nn.Module):
             raise ValueError(f"SDRNet: shared {shared}, group {group}, strides {strides} need one entry per "
                              f"block and groups >= 1 (got {groups})")
         self.groups, self.num_blocks = groups, len(shared)
+        self.sizes = {"stem": stem, "shared": tuple(shared), "group": tuple(group), "groups": groups,
+                      "strides": tuple(strides)}  # the constructor's arguments: export and save reuse them
         self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
         blocks, in_ch = [], stem
         for s, c, st in zip(shared, group, strides):
@@ -223,12 +227,9 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
     """E epochs: every step SimSiam on the full SDRnet (batch of all data) and, from stage 1 on,
     SimSiam + SiamKD on one path of the stage (batch of the data routed to it). Returns the loss,
     the samples routed to each path it trained (stage mapping) and the path batches trained."""
-    from tasks.augment import byol_view, to_float
-    from tasks.train import sgd_step
-
     net = model.net
-    routed = np.array([-1 if (p := path_in_stage(int(c), stage, net.groups, net.num_blocks)) is None else p
-                       for c in clusters])
+    # path_in_stage for every sample at once: the cluster's last `stage` digits, -1 in stage 0
+    routed = np.asarray(clusters) % (net.groups ** min(stage, net.num_blocks)) if stage > 0 else np.full(len(clusters), -1)
     by_path = {int(p): np.flatnonzero(routed == p) for p in np.unique(routed) if p >= 0}
     trainable = {p: idx for p, idx in by_path.items() if len(idx) >= 2}  # BatchNorm needs two samples
     params = [p for n, p in model.named_parameters() if n != "centroids"]
@@ -299,9 +300,7 @@ def group_regions(model: SDRSimSiam, keys: list[str]) -> list[tuple[int, int, in
 
 def export_path(net: SDRNet, path: int) -> SDRNet:
     """Path `path` as a standalone network (one group per block): its full forward equals the path's."""
-    sizes = {"stem": net.stem[0].out_channels, "shared": tuple(b.shared for b in net.blocks),
-             "group": tuple(b.group for b in net.blocks), "groups": 1,
-             "strides": tuple(b.conv1.stride[0] for b in net.blocks)}
+    sizes = dict(net.sizes, groups=1)
     out = SDRNet(**sizes)
     out.stem.load_state_dict(net.stem.state_dict())
     in_idx = torch.arange(sizes["stem"])
@@ -323,9 +322,7 @@ BACKBONE_FORMAT = "fedssl-backbone-v1"
 
 
 def save_backbone(path, net: SDRNet, meta: dict) -> str:
-    sizes = {"stem": net.stem[0].out_channels, "shared": [b.shared for b in net.blocks],
-             "group": [b.group for b in net.blocks], "groups": net.groups,
-             "strides": [b.conv1.stride[0] for b in net.blocks]}
+    sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in net.sizes.items()}
     torch.save({"format": BACKBONE_FORMAT, "kind": "sdrnet", "sizes": sizes, "state_dict": net.state_dict(),
                 **meta}, path)
     return str(path)
