@@ -31,6 +31,15 @@ METHODS = {
     "centralised": ("Centralised", ["strategy=centralised"]),
 }
 
+# strategy=centralised trains one client on an IID sample of everything the clients hold
+# (app/config.centralise), whatever `partition` says: its runs for different partitions would
+# be identical, so one run, kept under iid/, serves the row of every partition.
+PARTITION_FREE = {"centralised": "iid"}
+
+
+def cell_dir(out: Path, method: str, partition: str) -> Path:
+    return out / PARTITION_FREE.get(method, partition) / method
+
 
 def launch(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -67,8 +76,9 @@ def run_resumable(out: Path, overrides: list[str]) -> dict:
 
 
 def run_cell(method: str, partition: str, args) -> dict:
-    return run_resumable(args.out / partition / method, [
-        *METHODS[method][1], f"dataset={args.dataset}", f"partition={partition}", f"num_clients={args.num_clients}",
+    out = cell_dir(args.out, method, partition)
+    return run_resumable(out, [
+        *METHODS[method][1], f"dataset={args.dataset}", f"partition={out.parent.name}", f"num_clients={args.num_clients}",
         f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
 
 
@@ -142,7 +152,7 @@ def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report_only:  # the table of the cells finished so far; nothing is run
-        done = [(m, part, completed(args.out / part / m / "summary.json")) for part in args.partitions for m in args.methods]
+        done = [(m, part, completed(cell_dir(args.out, m, part) / "summary.json")) for part in args.partitions for m in args.methods]
         missing = [f"{part}/{m}" for m, part, s in done if s is None]
         rows = [row(m, part, s) for m, part, s in done if s is not None]
         if missing:

@@ -69,3 +69,20 @@ def test_report_only_tables_the_finished_cells_and_runs_nothing(tmp_path, monkey
     assert [r["method"] for r in rows] == ["FedU"]
     assert "not finished yet: classes/fedema" in capsys.readouterr().out
     assert "| classes | FedU |" in (tmp_path / "table.md").read_text()
+
+
+def test_centralised_runs_once_for_every_partition(tmp_path, monkeypatch):
+    """Centralised training ignores the partition (one client, IID sample): one run, one row per partition."""
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        out = Path(next(c.split("=", 1)[1] for c in cmd if c.startswith("output_dir=")))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(fake_summary(0.3)))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(compare, "launch", fake_run)
+    rows = compare.main(["--methods", "centralised", "--partitions", "classes", "iid", "--out", str(tmp_path)])
+    assert len(calls) == 1 and "partition=iid" in calls[0] and f"output_dir={tmp_path / 'iid' / 'centralised'}" in calls[0]
+    assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [("classes", "Centralised", 0.3), ("iid", "Centralised", 0.3)]
