@@ -44,6 +44,24 @@ def knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=200, t
     return float((pred == torch.as_tensor(query_labels)).float().mean())
 
 
+def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torch.device, batch_size: int) -> list:
+    """`extract_features` of `net` on each named image array of an evaluation-set dict."""
+    return [extract_features(net, sets[name], device, batch_size) for name in names]
+
+
+def knn_score(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: dict) -> float:
+    """kNN accuracy against the set's memory bank with the `eval` config's k and temperature."""
+    return knn_accuracy(bank, sets["y_bank"], queries, query_labels, sets["num_classes"], int(ev["knn_k"]),
+                        float(ev["knn_temperature"]))
+
+
+def probe_score(bank: torch.Tensor, test: torch.Tensor, sets: dict, ev: dict, seed: int, epochs: int | None = None) -> float:
+    """Linear probe trained on the bank features, tested on the test features (`eval` config)."""
+    return linear_probe(bank, sets["y_bank"], test, sets["y_test"], sets["num_classes"],
+                        epochs=int(ev["linear_epochs"] if epochs is None else epochs), lr=float(ev["linear_lr"]),
+                        batch_size=int(ev["linear_batch_size"]), seed=seed)
+
+
 def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, num_classes: int,
                  epochs: int = 200, lr: float = 3e-3, batch_size: int = 2048, seed: int = 0) -> float:
     """A linear layer on cached frozen features, Adam, `epochs` passes; test top-1 (SPEC §4).

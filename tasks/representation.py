@@ -8,14 +8,13 @@ import numpy as np
 
 from tasks.evaluate import (
     class_balanced_fraction,
-    extract_features,
+    features_on,
     finetune_accuracy,
-    knn_accuracy,
-    linear_probe,
+    knn_score,
+    probe_score,
     recalibrate_batchnorm,
 )
-from tasks.federated_data import dataset_from_cfg
-from tasks.federated_data import evaluation_sets
+from tasks.federated_data import dataset_from_cfg, evaluation_sets
 from tasks.train import resolve_device
 from tasks.wire import build_federated_method, set_arrays
 
@@ -52,18 +51,13 @@ class RepresentationEvaluator:
         s = self.sets()
         encoder = self.encoder(arrays)
         net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
-        bs = int(self.ev["batch_size"])
-        bank, test = extract_features(net, s["x_bank"], device, bs), extract_features(net, s["x_test"], device, bs)
-        out = {"knn_accuracy": knn_accuracy(bank, s["y_bank"], test, s["y_test"], s["num_classes"],
-                                            int(self.ev["knn_k"]), float(self.ev["knn_temperature"]))}
+        bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
+        bank, test = features_on(net, s, names, device, bs)
+        out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, self.ev)}
         if final and self.ev["linear"]:
             if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
-                bb = encoder.backbone
-                bank, test = extract_features(bb, s["x_bank"], device, bs), extract_features(bb, s["x_test"], device, bs)
-            out["linear_accuracy"] = linear_probe(
-                bank, s["y_bank"], test, s["y_test"], s["num_classes"], epochs=int(self.ev["linear_epochs"]),
-                lr=float(self.ev["linear_lr"]), batch_size=int(self.ev["linear_batch_size"]), seed=int(self.cfg["seed"]),
-            )
+                bank, test = features_on(encoder.backbone, s, names, device, bs)
+            out["linear_accuracy"] = probe_score(bank, test, s, self.ev, int(self.cfg["seed"]))
         if final and self.ev.get("semi"):
             out.update(self.semi_supervised(encoder.backbone, device))
         return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.evaluate import extract_features, knn_accuracy, linear_probe
+from tasks.evaluate import features_on, knn_score, probe_score
 from tasks.federated_data import evaluation_sets
 from tasks.sdr import build_sdr_model
 from tasks.train import resolve_device
@@ -34,11 +34,8 @@ class PathFeatures:
 
 
 def path_knn(net, sets: dict, path, device, ev: dict) -> float:
-    f = PathFeatures(net, path)
-    bs = int(ev["batch_size"])
-    bank, test = extract_features(f, sets["x_bank"], device, bs), extract_features(f, sets["x_test"], device, bs)
-    return knn_accuracy(bank, sets["y_bank"], test, sets["y_test"], sets["num_classes"], int(ev["knn_k"]),
-                        float(ev["knn_temperature"]))
+    bank, test = features_on(PathFeatures(net, path), sets, ("x_bank", "x_test"), device, int(ev["batch_size"]))
+    return knn_score(bank, test, sets["y_test"], sets, ev)
 
 
 class SDREvaluator:
@@ -55,16 +52,12 @@ class SDREvaluator:
         set_arrays(model, list(model.state_dict()), models["global"])
         net, ev, s = model.net, self.cfg["eval"], self.sets()
         device = resolve_device(str(self.cfg["device"]))
-        out = {"knn_accuracy": path_knn(net, s, None, device, ev), "final": final}
+        bank, test = features_on(net, s, ("x_bank", "x_test"), device, int(ev["batch_size"]))  # full SDRnet
+        out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, ev), "final": final}
         if final:
             out["path_knn"] = {str(p): path_knn(net, s, p, device, ev) for p in range(net.num_paths)}
             out["mean_path_knn"] = float(np.mean(list(out["path_knn"].values())))
             if ev["linear"]:
-                bs = int(ev["batch_size"])
-                bank = extract_features(net, s["x_bank"], device, bs)
-                test = extract_features(net, s["x_test"], device, bs)
-                out["linear_accuracy"] = linear_probe(
-                    bank, s["y_bank"], test, s["y_test"], s["num_classes"], epochs=int(ev["linear_epochs"]),
-                    lr=float(ev["linear_lr"]), batch_size=int(ev["linear_batch_size"]), seed=int(self.cfg["seed"]))
+                out["linear_accuracy"] = probe_score(bank, test, s, ev, int(self.cfg["seed"]))
         out["bank_size"], out["test_size"] = len(s["y_bank"]), len(s["y_test"])
         return out

@@ -19,7 +19,7 @@ import numpy as np
 
 from tasks.checkpoint import CheckpointError, load_checkpoint
 from tasks.data import DataError, balanced_subset, take_rows
-from tasks.evaluate import extract_features, knn_accuracy, linear_probe
+from tasks.evaluate import features_on, knn_score, probe_score
 from tasks.federated_data import dataset_from_cfg
 from tasks.sdr import build_sdr_model, export_path, load_backbone, save_backbone
 from tasks.sdr_eval import PathFeatures
@@ -74,13 +74,11 @@ def route(cfg: dict, out_dir: str | Path) -> dict:
     net, ev = model.net, cfg["eval"]
     device = resolve_device(str(cfg["device"]))
     s = downstream_sets(cfg)
-    k, temp, bs = int(ev["knn_k"]), float(ev["knn_temperature"]), int(ev["batch_size"])
+    bs = int(ev["batch_size"])
 
     def scores(path):
-        f = PathFeatures(net, path)
-        bank, val, test = (extract_features(f, s[x], device, bs) for x in ("x_bank", "x_val", "x_test"))
-        return {"val_knn": knn_accuracy(bank, s["y_bank"], val, s["y_val"], s["num_classes"], k, temp),
-                "test_knn": knn_accuracy(bank, s["y_bank"], test, s["y_test"], s["num_classes"], k, temp)}
+        bank, val, test = features_on(PathFeatures(net, path), s, ("x_bank", "x_val", "x_test"), device, bs)
+        return {"val_knn": knn_score(bank, val, s["y_val"], s, ev), "test_knn": knn_score(bank, test, s["y_test"], s, ev)}
 
     paths = [{"path": p, "groups": list(net.path_groups(p)), **scores(p)} for p in range(net.num_paths)]
     ranked = sorted(paths, key=lambda r: (-r["val_knn"], r["path"]))
@@ -91,9 +89,8 @@ def route(cfg: dict, out_dir: str | Path) -> dict:
     exported = save_backbone(out / f"backbone_path{best['path']}.pt", export_path(net, best["path"]),
                              {"path": best["path"], "groups": best["groups"], "source": str(cfg["checkpoint"])})
     backbone = load_backbone(exported)  # what a user gets: features = backbone(x)
-    bank, test = extract_features(backbone, s["x_bank"], device, bs), extract_features(backbone, s["x_test"], device, bs)
-    probe = linear_probe(bank, s["y_bank"], test, s["y_test"], s["num_classes"], epochs=int(cfg["route"]["linear_epochs"]),
-                         lr=float(ev["linear_lr"]), batch_size=int(ev["linear_batch_size"]), seed=int(cfg["seed"]))
+    bank, test = features_on(backbone, s, ("x_bank", "x_test"), device, bs)
+    probe = probe_score(bank, test, s, ev, int(cfg["seed"]), epochs=int(cfg["route"]["linear_epochs"]))
     report = {"checkpoint": str(cfg["checkpoint"]), "dataset": cfg["dataset"]["name"],
               "superclasses": list(cfg["route"].get("superclasses") or []), "num_classes": s["num_classes"],
               "ranked": ranked, "full": full, "chosen": best,
