@@ -8,6 +8,7 @@ in `context.state`, because Flower builds a new client object every round.
 from __future__ import annotations
 
 from clients.base import STATE_WEIGHTS, InjectedFault, StatefulClient  # noqa: F401 - re-exported
+from strategies import STRATEGIES
 from strategies.weights import layer_divergence
 from tasks.fedema import ema_mix
 from tasks.federated_data import client_images
@@ -49,9 +50,9 @@ class SSLClient(StatefulClient):
         info = self._restore(method)
         first = self.first_participation
 
-        strategy = cfg["strategy"]["name"]
+        rules = STRATEGIES[cfg["strategy"]["name"]].client_rules(cfg["strategy"])
         received, mixing = set(), {}
-        if strategy == "fedema" and not first and parameters:
+        if rules.mix_global and not first and parameters:
             mixing = self._fedema_update(method, plan, keys, parameters, info, rnd)
         elif parameters and (first or bool(config.get("replace", True))):
             adopt = first or bool(config.get("adopt_global_predictor", True))
@@ -75,8 +76,7 @@ class SSLClient(StatefulClient):
         except NonFiniteLossError as err:
             return [], 0, {"partition_id": self.pid, "fatal_error": str(err)}
         after = get_arrays(method, [keys[i] for i in div_idx])
-        keep = kept_keys(method, plan, keys, keep_everything=strategy in ("standalone", "fedema"),
-                         keep_optional=strategy == "fedu" and cfg["strategy"].get("predictor") != "global")
+        keep = kept_keys(method, plan, keys, keep_everything=rules.keep_everything, keep_optional=rules.keep_optional)
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
         if "lambda" in mixing:
             info["ema_lambda"] = mixing["lambda"]

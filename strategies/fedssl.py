@@ -141,10 +141,30 @@ def _error_text(failure) -> str:
     return f"{causes[-1][0]}: {causes[-1][1].strip()}" if causes else text[:500]
 
 
+@dataclass(frozen=True)
+class ClientRules:
+    """What an SSL client does with the weights this strategy sends, and what it keeps.
+
+    mix_global: mix the received model into its local one instead of replacing it (FedEMA, SPEC §3).
+    keep_everything: its whole local model persists between rounds (standalone, FedEMA).
+    keep_optional: it may decline the optional parts (FedU's predictor under DAPU or `predictor=local`),
+    so it keeps its own copy of them (SPEC §2.3).
+    """
+
+    mix_global: bool = False
+    keep_everything: bool = False
+    keep_optional: bool = False
+
+
 class FedSSL(FedAvg):
     """Federated averaging of a method's uploaded parts, weighted by examples (SPEC §2.6)."""
 
     predictor_mode = "global"
+
+    @classmethod
+    def client_rules(cls, strategy_cfg: dict) -> ClientRules:
+        """The client side of this strategy's protocol (clients/ssl_client.py reads it)."""
+        return ClientRules()
 
     def __init__(
         self,
@@ -382,6 +402,10 @@ class FedU(FedSSL):
             raise ValueError("FedU needs backbone conv layers in the uploaded parts to measure divergence")
         self.predictor_mode, self.mu, self.divergence_form = predictor, mu, divergence
 
+    @classmethod
+    def client_rules(cls, strategy_cfg: dict) -> ClientRules:
+        return ClientRules(keep_optional=strategy_cfg.get("predictor", "dapu") != "global")
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "divergence": dict(self.divergence), "adopt_global": dict(self.adopt_global)}
 
@@ -431,6 +455,10 @@ class Standalone(FedSSL):
         super().__init__(**kwargs)
         self.initial_arrays = [a.copy() for a in kwargs["initial_arrays"]]
 
+    @classmethod
+    def client_rules(cls, strategy_cfg: dict) -> ClientRules:
+        return ClientRules(keep_everything=True)
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "latest": {pid: arrays for pid, arrays in self.latest.items()}}
 
@@ -457,11 +485,14 @@ class Standalone(FedSSL):
         return {str(pid): arrays for pid, arrays in sorted(self.latest.items())}
 
 
-
 class FedEMA(FedSSL):
     """FedEMA (SPEC §3): FedU's synchronisation; each client mixes local and global models
     itself (tasks/fedema.py). The server averages as FedAvg and records every client's
     divergence d_k, lambda_k and mu_k (or that it was reset after skipping rounds)."""
+
+    @classmethod
+    def client_rules(cls, strategy_cfg: dict) -> ClientRules:
+        return ClientRules(mix_global=True, keep_everything=True)
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
         aggregated = super().aggregate_updates(server_round, updates)

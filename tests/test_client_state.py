@@ -72,6 +72,15 @@ def test_standalone_client_ignores_later_server_weights(make_cfg, spy):
     assert same(part(spy[1], "online."), part(stored, "online."))
 
 
+def test_fedbyol_client_keeps_no_predictor_of_its_own(make_cfg, spy):
+    """FedBYOL always takes the server's predictor, so only the target stays on the client."""
+    cfg = make_cfg("strategy=fedbyol", "num_clients=2")
+    layout, init = build_layout(cfg)
+    state = RecordDict()
+    SSLClient(cfg, 0, state).fit(init, {"layout": layout.fingerprint, "server_round": 1, "replace": True})
+    assert {k.split(".")[0] for k in state[STATE_WEIGHTS].to_torch_state_dict()} == {"target"}
+
+
 def test_layout_mismatch_is_refused(make_cfg):
     cfg = make_cfg()
     layout, init = build_layout(cfg)
