@@ -4,6 +4,8 @@ Composes the Hydra config (conf/), refuses bad input before any training, runs t
 federation in Flower's simulation engine and prints where summary.json and the checkpoint are.
 `python main.py mode=route checkpoint=<sdr run>/checkpoint_final.pt dataset=<downstream>` ranks
 the sub-networks of an SDR checkpoint on a downstream data set instead (tasks/sdr_route.py).
+`python main.py mode=evaluate checkpoint=<run>/checkpoint_final.pt|init` evaluates a checkpoint,
+or the initial (random) model, without training (tasks/offline_eval.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def main(cfg: DictConfig) -> None:
     plain["command_line"] = overrides
     if plain["mode"] == "route":
         return route_command(plain)
+    if plain["mode"] == "evaluate":
+        return evaluate_command(plain)
     try:
         resume_state = None
         if plain["resume"]:
@@ -78,6 +82,19 @@ def route_command(plain: dict) -> None:
         sys.exit(f"error: {err}")
     print(table(report))
     log.info("route: %s/route.json, backbone %s", out_dir, report["exported_backbone"])
+
+
+def evaluate_command(plain: dict) -> None:
+    """mode=evaluate: a checkpoint (or checkpoint=init, the initial model) evaluated once, no training."""
+    from tasks.offline_eval import evaluate_offline, summary_line
+
+    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
+    try:
+        report = evaluate_offline(plain, out_dir)
+    except _user_errors() as err:
+        sys.exit(f"error: {err}")
+    print(summary_line(report))
+    log.info("evaluate: %s/evaluation.json", out_dir)
 
 
 def check_command_line(argv: list[str]) -> None:

@@ -116,7 +116,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for BYOL (ssl=byol); "
                           f"run ssl={cfg['ssl']['name']} with strategy=fedavg or strategy=standalone")
     _validate_task(cfg)
-    _check(cfg.get("mode", "train") in ("train", "route"), f"mode={cfg.get('mode')!r}; choose train or route")
+    _check(cfg.get("mode", "train") in ("train", "route", "evaluate"),
+           f"mode={cfg.get('mode')!r}; choose train, route or evaluate")
     ev = cfg["eval"]
     _check(ev["knn_features"] in ("backbone", "projector"),
            f"eval.knn_features={ev['knn_features']!r}; choose backbone or projector")

@@ -3,7 +3,8 @@
     python benchmarks/compare.py --dataset cifar100 --partitions classes iid --preset cpu
 
 Runs `python main.py` once per (partition, method) cell; a cell whose summary.json says
-"completed" is not rerun, so an interrupted table resumes where it stopped. Writes
+"completed" is not rerun, so an interrupted table resumes where it stopped. The
+"random_init" row evaluates the untrained model (`mode=evaluate checkpoint=init`). Writes
 table.md, table.json and knn_rounds.png (kNN accuracy against rounds, one panel per partition).
 """
 
@@ -29,12 +30,15 @@ METHODS = {
     "fedswav": ("FedSwAV", ["strategy=fedavg", "ssl=swav"]),
     "standalone": ("Standalone", ["strategy=standalone"]),
     "centralised": ("Centralised", ["strategy=centralised"]),
+    "random_init": ("Random init (no training)", ["strategy=fedu", "mode=evaluate", "checkpoint=init"]),
 }
+# evaluated, not trained (tasks/offline_eval.py): the baseline every trained number is compared with
+EVALUATION_ONLY = {"random_init"}
 
 # strategy=centralised trains one client on an IID sample of everything the clients hold
 # (app/config.centralise), whatever `partition` says: its runs for different partitions would
 # be identical, so one run, kept under iid/, serves the row of every partition.
-PARTITION_FREE = {"centralised": "iid"}
+PARTITION_FREE = {"centralised": "iid", "random_init": "iid"}
 
 
 def cell_dir(out: Path, method: str, partition: str) -> Path:
@@ -75,8 +79,40 @@ def run_resumable(out: Path, overrides: list[str]) -> dict:
     return s
 
 
+def evaluation_summary(evaluation: dict) -> dict:
+    """An evaluation.json (mode=evaluate) in the shape of a run's summary: round 0 only."""
+    final = evaluation["final"]
+    return {"status": "completed", "initial_eval": final, "final": final, "rounds": [],
+            "knn": [{"round": 0, "accuracy": final["knn_accuracy"]}], "wall_seconds": 0.0}
+
+
+def run_evaluation(out: Path, overrides: list[str]) -> dict:
+    """One `python main.py mode=evaluate ...` into `out`, reused when it finished before."""
+    done = completed(out / "evaluation.json")
+    if done is None:
+        print("running:", " ".join(["main.py", *overrides]), flush=True)
+        proc = launch([sys.executable, "main.py", *overrides, f"output_dir={out}"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"{out} failed (exit {proc.returncode}); log: {out.parent / f'{out.name}.log'}")
+        done = json.loads((out / "evaluation.json").read_text())
+    return evaluation_summary(done)
+
+
+def finished_cell(method: str, partition: str, args) -> dict | None:
+    out = cell_dir(args.out, method, partition)
+    if method in EVALUATION_ONLY:
+        done = completed(out / "evaluation.json")
+        return None if done is None else evaluation_summary(done)
+    return completed(out / "summary.json")
+
+
 def run_cell(method: str, partition: str, args) -> dict:
     out = cell_dir(args.out, method, partition)
+    if method in EVALUATION_ONLY:
+        return run_evaluation(out, [*METHODS[method][1], f"dataset={args.dataset}", f"num_clients={args.num_clients}",
+                                    f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
     return run_resumable(out, [
         *METHODS[method][1], f"dataset={args.dataset}", f"partition={out.parent.name}", f"num_clients={args.num_clients}",
         f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
@@ -91,7 +127,7 @@ def row(method: str, partition: str, s: dict) -> dict:
         "knn": final.get("knn_accuracy"), "linear": final.get("linear_accuracy"),
         "semi_1": final.get("semi_1%"), "semi_10": final.get("semi_10%"),
         "wall_seconds": s["wall_seconds"],
-        "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / len(rounds) / 1e6,
+        "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / max(1, len(rounds)) / 1e6,
         "knn_by_round": [(k["round"], k["accuracy"]) for k in s["knn"]],
     }
 
@@ -152,7 +188,7 @@ def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report_only:  # the table of the cells finished so far; nothing is run
-        done = [(m, part, completed(cell_dir(args.out, m, part) / "summary.json")) for part in args.partitions for m in args.methods]
+        done = [(m, part, finished_cell(m, part, args)) for part in args.partitions for m in args.methods]
         missing = [f"{part}/{m}" for m, part, s in done if s is None]
         rows = [row(m, part, s) for m, part, s in done if s is not None]
         if missing:

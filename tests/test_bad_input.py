@@ -118,3 +118,21 @@ def test_torchvision_download_layout_is_read(tmp_path, data_dir):
     ds = load_dataset("mnist", str(tmp_path), str(tmp_path / "cache"), download=False)
     assert ds.x_train.shape == (50, 32, 32, 3)
     assert np.array_equal(ds.x_train[:, 2:30, 2:30, 0], x) and np.array_equal(ds.y_test, yt)
+
+
+def test_evaluate_mode_refuses_missing_corrupt_and_foreign_checkpoints(make_cfg, tmp_path):
+    from tasks.checkpoint import CheckpointError, save_checkpoint
+    from tasks.offline_eval import evaluate_offline
+
+    with pytest.raises(CheckpointError, match="checkpoint=init"):
+        evaluate_offline(make_cfg("mode=evaluate"), tmp_path / "out")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "out")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'bad.pt'}"), tmp_path / "out")
+    trained = make_cfg("strategy=fedu")
+    save_checkpoint(tmp_path / "old.pt", trained, ["online.x"], {"global": [np.zeros(2)]}, 2)  # another layout
+    with pytest.raises(CheckpointError, match="keys do not match"):
+        evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'old.pt'}"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written for a refused checkpoint

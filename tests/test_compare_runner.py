@@ -86,3 +86,24 @@ def test_centralised_runs_once_for_every_partition(tmp_path, monkeypatch):
     rows = compare.main(["--methods", "centralised", "--partitions", "classes", "iid", "--out", str(tmp_path)])
     assert len(calls) == 1 and "partition=iid" in calls[0] and f"output_dir={tmp_path / 'iid' / 'centralised'}" in calls[0]
     assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [("classes", "Centralised", 0.3), ("iid", "Centralised", 0.3)]
+
+
+def test_random_init_row_is_evaluated_once_without_training(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_evaluate(cmd):
+        calls.append(cmd)
+        out = Path(next(c.split("=", 1)[1] for c in cmd if c.startswith("output_dir=")))
+        out.mkdir(parents=True, exist_ok=True)
+        final = {"knn_accuracy": 0.081, "linear_accuracy": 0.12, "semi_1%": 0.03, "semi_10%": 0.12}
+        (out / "evaluation.json").write_text(json.dumps({"status": "completed", "final": final}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(compare, "launch", fake_evaluate)
+    rows = compare.main(["--methods", "random_init", "--partitions", "classes", "iid", "--out", str(tmp_path)])
+    assert len(calls) == 1 and "mode=evaluate" in calls[0] and "checkpoint=init" in calls[0]
+    assert [(r["partition"], r["knn_initial"], r["knn"], r["linear"], r["mb_per_round"]) for r in rows] == [
+        ("classes", 0.081, 0.081, 0.12, 0.0), ("iid", 0.081, 0.081, 0.12, 0.0)]
+    monkeypatch.setattr(compare, "launch", lambda cmd: (_ for _ in ()).throw(AssertionError("evaluated again")))
+    again = compare.main(["--methods", "random_init", "--partitions", "iid", "--out", str(tmp_path), "--report-only"])
+    assert again[0]["semi_10"] == 0.12

@@ -58,6 +58,13 @@ def test_standalone_simulation_evaluates_every_client(tmp_path, data_dir, cache_
     assert s["final"]["knn_accuracy"] == pytest.approx(mean)
     assert s["rounds"][1]["bytes_sent"] == 0  # nothing is sent after the first round
     assert sorted(load_checkpoint(s["checkpoint"])["models"]) == ["0", "1", "2"]
+    # mode=evaluate on the checkpoint reproduces the run's final evaluation, client by client
+    ev_dir = tmp_path / "evaluated"
+    proc = launch(tmp_path, data_dir, cache_dir, "mode=evaluate", f"checkpoint={s['checkpoint']}", f"output_dir={ev_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((ev_dir / "evaluation.json").read_text())["final"]
+    assert ev["per_client"] == {pid: {k: c[k] for k in ev["per_client"][pid]} for pid, c in per_client.items()}
+    assert ev["knn_accuracy"] == s["final"]["knn_accuracy"] and ev["linear_accuracy"] == s["final"]["linear_accuracy"]
 
 
 def test_non_finite_loss_stops_the_run_naming_client_and_round(tmp_path, data_dir, cache_dir):

@@ -1,0 +1,76 @@
+"""Evaluation without training: `python main.py mode=evaluate checkpoint=<path>|init ...`.
+
+- `checkpoint=<run>/checkpoint_final.pt`: the checkpoint's models (global, or one per client for
+  standalone) evaluated as at the end of a run (kNN, linear probe, semi-supervised if
+  `eval.semi=true`; re-ID retrieval; SDR paths), with this command's `eval`, `device` and
+  `data_dir`. The model and method come from the checkpoint's config; `dataset=` given on the
+  command line evaluates on another data set (transfer), otherwise on the checkpoint's own.
+- `checkpoint=init`: the model this command's config would start from (same seed), i.e. the
+  random-initialisation baseline every trained number should be compared with.
+
+Writes evaluation.json into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from tasks.checkpoint import CheckpointError, load_checkpoint
+
+INIT = "init"
+RUNTIME_KEYS = ("eval", "device", "data_dir", "output_dir", "command_line", "mode", "checkpoint")
+
+
+def _given(cfg: dict, key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in cfg.get("command_line", []))
+
+
+def models_to_evaluate(cfg: dict) -> tuple[dict, dict]:
+    """(config to evaluate with, {name: arrays}) for `cfg["checkpoint"]`."""
+    from app.federation import build_layout
+
+    source = cfg.get("checkpoint")
+    if not source:
+        raise CheckpointError("mode=evaluate needs checkpoint=<run>/checkpoint_final.pt, or checkpoint=init "
+                              "for the model the config starts from")
+    if str(source) == INIT:
+        return cfg, {"global": build_layout(cfg)[1]}
+    payload = load_checkpoint(source)
+    trained = dict(payload["config"])
+    trained.update({k: cfg[k] for k in RUNTIME_KEYS if k in cfg})
+    if _given(cfg, "dataset"):
+        trained["dataset"] = cfg["dataset"]
+    layout, _ = build_layout(trained)
+    if list(payload["keys"]) != list(layout.keys):
+        raise CheckpointError(f"checkpoint {source}: its keys do not match the model its own config builds "
+                              f"(written by a different code version?)")
+    models = {name: [t.numpy() for t in weights.values()] for name, weights in payload["models"].items()}
+    return trained, models
+
+
+def evaluate_offline(cfg: dict, out_dir: str | Path) -> dict:
+    """Evaluate the checkpoint (or the initial model) once, as at the end of a run."""
+    from app.federation import EVALUATORS, task_of
+
+    t0 = time.perf_counter()
+    run_cfg, models = models_to_evaluate(cfg)
+    result = EVALUATORS[task_of(run_cfg)](run_cfg)(0, models, final=True)
+    report = {"status": "completed", "checkpoint": str(cfg["checkpoint"]), "dataset": run_cfg["dataset"]["name"],
+              "strategy": run_cfg["strategy"]["name"], "ssl": run_cfg["ssl"]["name"], "final": result,
+              "eval_seconds": time.perf_counter() - t0}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def summary_line(report: dict) -> str:
+    f = report["final"]
+    names = {"knn_accuracy": "kNN", "linear_accuracy": "linear", "semi_1%": "semi 1%", "semi_10%": "semi 10%",
+             "rank1": "rank-1", "mAP": "mAP", "mean_path_knn": "mean path kNN"}
+    parts = [f"{label} {100 * f[key]:.2f}%" for key, label in names.items()
+             if isinstance(f.get(key), float) and not math.isnan(f[key])]
+    return f"{report['checkpoint']} on {report['dataset']}: " + " | ".join(parts)
