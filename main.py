@@ -71,30 +71,29 @@ def main(cfg: DictConfig) -> None:
              summary["wall_seconds"], f"{out_dir}/summary.json")
 
 
+def offline_command(plain: dict, run, describe, written: str) -> None:
+    """A mode that runs no federation: `run(config, out_dir)` -> report, printed by `describe`."""
+    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
+    try:
+        report = run(plain, out_dir)
+    except _user_errors() as err:
+        sys.exit(f"error: {err}")
+    print(describe(report))
+    log.info("%s: %s/%s", plain["mode"], out_dir, written)
+
+
 def route_command(plain: dict) -> None:
     """mode=route: rank the paths of an SDR checkpoint on a downstream data set, export the best."""
     from tasks.sdr_route import route, table
 
-    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
-    try:
-        report = route(plain, out_dir)
-    except _user_errors() as err:
-        sys.exit(f"error: {err}")
-    print(table(report))
-    log.info("route: %s/route.json, backbone %s", out_dir, report["exported_backbone"])
+    offline_command(plain, route, table, "route.json (and the exported backbone)")
 
 
 def evaluate_command(plain: dict) -> None:
     """mode=evaluate: a checkpoint (or checkpoint=init, the initial model) evaluated once, no training."""
     from tasks.offline_eval import evaluate_offline, summary_line
 
-    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
-    try:
-        report = evaluate_offline(plain, out_dir)
-    except _user_errors() as err:
-        sys.exit(f"error: {err}")
-    print(summary_line(report))
-    log.info("evaluate: %s/evaluation.json", out_dir)
+    offline_command(plain, evaluate_offline, summary_line, "evaluation.json")
 
 
 def check_command_line(argv: list[str]) -> None:

@@ -1,10 +1,11 @@
 """Evaluation without training: `python main.py mode=evaluate checkpoint=<path>|init ...`.
 
 - `checkpoint=<run>/checkpoint_final.pt`: the checkpoint's models (global, or one per client for
-  standalone) evaluated as at the end of a run (kNN, linear probe, semi-supervised if
-  `eval.semi=true`; re-ID retrieval; SDR paths), with this command's `eval`, `device` and
-  `data_dir`. The model and method come from the checkpoint's config; `dataset=` given on the
-  command line evaluates on another data set (transfer), otherwise on the checkpoint's own.
+  standalone) evaluated as at the end of its run (kNN, linear probe, semi-supervised if
+  `eval.semi=true`; re-ID retrieval; SDR paths), with the checkpoint's own config, so the
+  numbers equal the run's, except what this command gives explicitly: `eval.*` keys,
+  `dataset=` (evaluate on another data set: transfer) and `seed=`; `device`, `data_dir` and
+  `cache_dir` are always this machine's.
 - `checkpoint=init`: the model this command's config would start from (same seed), i.e. the
   random-initialisation baseline every trained number should be compared with.
 
@@ -21,11 +22,29 @@ from pathlib import Path
 from tasks.checkpoint import CheckpointError, load_checkpoint
 
 INIT = "init"
-RUNTIME_KEYS = ("eval", "device", "data_dir", "output_dir", "command_line", "mode", "checkpoint")
+FROM_COMMAND = ("device", "data_dir", "cache_dir", "output_dir", "command_line", "mode", "checkpoint")
+OVERRIDABLE = ("eval", "dataset", "seed")  # taken from the command only when given on it
 
 
-def _given(cfg: dict, key: str) -> bool:
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in cfg.get("command_line", []))
+def _with_command_overrides(trained: dict, cfg: dict) -> dict:
+    """The checkpoint's config, plus this command's runtime keys and its explicit eval/dataset/seed overrides."""
+    out = {**trained, **{k: cfg[k] for k in FROM_COMMAND if k in cfg}}
+    out["eval"] = dict(trained["eval"])
+    for override in cfg.get("command_line", []):
+        key = override.split("=", 1)[0].lstrip("+~")
+        top, _, sub = key.partition(".")
+        if top not in OVERRIDABLE:
+            continue
+        if top == "eval" and sub:
+            node, src = out["eval"], cfg["eval"]
+            *parents, leaf = sub.split(".")
+            for name in parents:
+                node[name], src = dict(node[name]), src[name]
+                node = node[name]
+            node[leaf] = src[leaf]
+        else:  # a whole group or value: dataset=cifar10 (or one of its keys), seed=3
+            out[top] = cfg[top]
+    return out
 
 
 def models_to_evaluate(cfg: dict) -> tuple[dict, dict]:
@@ -39,10 +58,7 @@ def models_to_evaluate(cfg: dict) -> tuple[dict, dict]:
     if str(source) == INIT:
         return cfg, {"global": build_layout(cfg)[1]}
     payload = load_checkpoint(source)
-    trained = dict(payload["config"])
-    trained.update({k: cfg[k] for k in RUNTIME_KEYS if k in cfg})
-    if _given(cfg, "dataset"):
-        trained["dataset"] = cfg["dataset"]
+    trained = _with_command_overrides(payload["config"], cfg)
     layout, _ = build_layout(trained)
     if list(payload["keys"]) != list(layout.keys):
         raise CheckpointError(f"checkpoint {source}: its keys do not match the model its own config builds "

@@ -136,3 +136,20 @@ def test_evaluate_mode_refuses_missing_corrupt_and_foreign_checkpoints(make_cfg,
     with pytest.raises(CheckpointError, match="keys do not match"):
         evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'old.pt'}"), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written for a refused checkpoint
+
+
+def test_evaluate_mode_keeps_the_checkpoints_protocol_unless_told(make_cfg, tmp_path):
+    """Evaluating a checkpoint reproduces its run: the run's eval sizes, not this command's defaults."""
+    from tasks.checkpoint import save_checkpoint
+    from tasks.offline_eval import models_to_evaluate
+    from app.federation import build_layout
+
+    trained = make_cfg("strategy=fedu", "eval.bank_size=300", "eval.knn_k=7")
+    layout, init = build_layout(trained)
+    ckpt = save_checkpoint(tmp_path / "c.pt", trained, layout.keys, {"global": init}, 2)
+    cfg = make_cfg("mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true")
+    cfg["command_line"] = ["mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true"]
+    run_cfg, models = models_to_evaluate(cfg)
+    assert run_cfg["eval"]["bank_size"] == 300 and run_cfg["eval"]["knn_k"] == 7 and run_cfg["eval"]["semi"] is True
+    assert run_cfg["strategy"]["name"] == "fedu" and run_cfg["output_dir"] == cfg["output_dir"]
+    assert all(np.array_equal(a, b) for a, b in zip(models["global"], init))

@@ -20,6 +20,18 @@ def fake_summary(knn):
             "knn": [{"round": 1, "accuracy": knn - 0.01}, {"round": 2, "accuracy": knn}], "wall_seconds": 12.0}
 
 
+def fake_launcher(calls: list, file: str, content: dict):
+    """Stands in for `python main.py ...`: records the command, writes `file` into its output folder."""
+    def launch(cmd):
+        calls.append(cmd)
+        out = Path(next(c.split("=", 1)[1] for c in cmd if c.startswith(("output_dir=", "resume="))))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / file).write_text(json.dumps(content))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return launch
+
+
 def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeypatch):
     for part, method, knn in (("classes", "fedu", 0.10), ("classes", "fedema", 0.12), ("iid", "fedu", 0.2),
                               ("iid", "fedema", 0.22)):
@@ -42,15 +54,7 @@ def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeyp
 
 def test_an_unfinished_cell_is_run_and_an_interrupted_one_resumed(tmp_path, monkeypatch):
     calls = []
-
-    def fake_run(cmd):
-        calls.append(cmd)
-        out = next((c.split("=", 1)[1] for c in cmd if c.startswith(("output_dir=", "resume="))))
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "summary.json").write_text(json.dumps(fake_summary(0.1)))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(compare, "launch", fake_run)
+    monkeypatch.setattr(compare, "launch", fake_launcher(calls, "summary.json", fake_summary(0.1)))
     interrupted = tmp_path / "classes" / "fedbyol"
     (interrupted / "state").mkdir(parents=True)
     (interrupted / "state" / "server.pt").write_bytes(b"x")
@@ -74,15 +78,7 @@ def test_report_only_tables_the_finished_cells_and_runs_nothing(tmp_path, monkey
 def test_centralised_runs_once_for_every_partition(tmp_path, monkeypatch):
     """Centralised training ignores the partition (one client, IID sample): one run, one row per partition."""
     calls = []
-
-    def fake_run(cmd):
-        calls.append(cmd)
-        out = Path(next(c.split("=", 1)[1] for c in cmd if c.startswith("output_dir=")))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(fake_summary(0.3)))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(compare, "launch", fake_run)
+    monkeypatch.setattr(compare, "launch", fake_launcher(calls, "summary.json", fake_summary(0.3)))
     rows = compare.main(["--methods", "centralised", "--partitions", "classes", "iid", "--out", str(tmp_path)])
     assert len(calls) == 1 and "partition=iid" in calls[0] and f"output_dir={tmp_path / 'iid' / 'centralised'}" in calls[0]
     assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [("classes", "Centralised", 0.3), ("iid", "Centralised", 0.3)]
@@ -90,16 +86,8 @@ def test_centralised_runs_once_for_every_partition(tmp_path, monkeypatch):
 
 def test_random_init_row_is_evaluated_once_without_training(tmp_path, monkeypatch):
     calls = []
-
-    def fake_evaluate(cmd):
-        calls.append(cmd)
-        out = Path(next(c.split("=", 1)[1] for c in cmd if c.startswith("output_dir=")))
-        out.mkdir(parents=True, exist_ok=True)
-        final = {"knn_accuracy": 0.081, "linear_accuracy": 0.12, "semi_1%": 0.03, "semi_10%": 0.12}
-        (out / "evaluation.json").write_text(json.dumps({"status": "completed", "final": final}))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(compare, "launch", fake_evaluate)
+    final = {"knn_accuracy": 0.081, "linear_accuracy": 0.12, "semi_1%": 0.03, "semi_10%": 0.12}
+    monkeypatch.setattr(compare, "launch", fake_launcher(calls, "evaluation.json", {"status": "completed", "final": final}))
     rows = compare.main(["--methods", "random_init", "--partitions", "classes", "iid", "--out", str(tmp_path)])
     assert len(calls) == 1 and "mode=evaluate" in calls[0] and "checkpoint=init" in calls[0]
     assert [(r["partition"], r["knn_initial"], r["knn"], r["linear"], r["mb_per_round"]) for r in rows] == [
