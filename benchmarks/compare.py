@@ -159,6 +159,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, part in zip(axes[0], partitions):
         for r in (r for r in rows if r["partition"] == part):
             xs, ys = zip(*r["knn_by_round"]) if r["knn_by_round"] else ((), ())
+            if xs == (0,):  # not trained (random init): a level to compare with
+                ax.axhline(100 * ys[0], color="black", linestyle="--", linewidth=1, label=r["method"])
+                continue
             ax.plot(xs, [100 * y for y in ys], marker="o", label=r["method"])
         ax.set_title(f"partition={part}")
         ax.set_xlabel("round")
