@@ -35,14 +35,10 @@ def _with_command_overrides(trained: dict, cfg: dict) -> dict:
         top, _, sub = key.partition(".")
         if top not in OVERRIDABLE:
             continue
-        if top == "eval" and sub:
-            node, src = out["eval"], cfg["eval"]
-            *parents, leaf = sub.split(".")
-            for name in parents:
-                node[name], src = dict(node[name]), src[name]
-                node = node[name]
-            node[leaf] = src[leaf]
-        else:  # a whole group or value: dataset=cifar10 (or one of its keys), seed=3
+        if top == "eval" and sub:  # one eval key: the command's value of that entry
+            entry = sub.split(".")[0]
+            out["eval"][entry] = cfg["eval"][entry]
+        else:  # a whole group or value: dataset=cifar10 (or one of its keys), seed=3, eval=...
             out[top] = cfg[top]
     return out
 
