@@ -5,7 +5,7 @@ federation in Flower's simulation engine and prints where summary.json and the c
 `python main.py mode=route checkpoint=<sdr run>/checkpoint_final.pt dataset=<downstream>` ranks
 the sub-networks of an SDR checkpoint on a downstream data set instead (tasks/sdr_route.py).
 `python main.py mode=evaluate checkpoint=<run>/checkpoint_final.pt|init` evaluates a checkpoint,
-or the initial (random) model, without training (tasks/offline_eval.py).
+or the initial (random) model, without training (app/offline_eval.py).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def route_command(plain: dict) -> None:
 
 def evaluate_command(plain: dict) -> None:
     """mode=evaluate: a checkpoint (or checkpoint=init, the initial model) evaluated once, no training."""
-    from tasks.offline_eval import evaluate_offline, summary_line
+    from app.offline_eval import evaluate_offline, summary_line
 
     offline_command(plain, evaluate_offline, summary_line, "evaluation.json")
 

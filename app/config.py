@@ -181,6 +181,14 @@ def centralise(cfg: dict) -> dict:
                 examples_per_client=None if cap is None else int(cap) * k, centralised_from_clients=k)
 
 
+def recompose(command_line: list[str], overrides: list[str]) -> dict:
+    """The plain config a run's command line composes to, with `overrides` on top (later wins).
+
+    How a saved run's config is rebuilt for a new command (resume, evaluating its checkpoint).
+    """
+    return centralise(to_plain(compose(list(command_line) + list(overrides))))
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """Resolved plain-dict config (what clients, checkpoints and summary.json carry)."""
     plain = OmegaConf.to_container(cfg, resolve=True)

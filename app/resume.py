@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.config import centralise, compose, to_plain
+from app.config import recompose
 from tasks.checkpoint import CheckpointError
 
 FORMAT = "fedssl-state-v1"
@@ -90,7 +90,7 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
     """
     original = list(saved["config"].get("command_line") or [])
     extra = [o for o in new_overrides if not o.split("=", 1)[0].lstrip("+~") in ("resume", "output_dir")]
-    cfg = centralise(to_plain(compose(original + extra)))
+    cfg = recompose(original, extra)
     before, after = _flatten(saved["config"]), _flatten(cfg)
     changed = sorted(k for k in set(before) | set(after)
                      if not _runtime(k) and before.get(k, "<absent>") != after.get(k, "<absent>"))

@@ -32,12 +32,12 @@ METHODS = {
     "centralised": ("Centralised", ["strategy=centralised"]),
     "random_init": ("Random init (no training)", ["strategy=fedu", "mode=evaluate", "checkpoint=init"]),
 }
-# evaluated, not trained (tasks/offline_eval.py): the baseline every trained number is compared with
+# evaluated, not trained (app/offline_eval.py): the baseline every trained number is compared with
 EVALUATION_ONLY = {"random_init"}
 
-# strategy=centralised trains one client on an IID sample of everything the clients hold
-# (app/config.centralise), whatever `partition` says: its runs for different partitions would
-# be identical, so one run, kept under iid/, serves the row of every partition.
+# Cells whose result does not depend on the partition: strategy=centralised trains one client on
+# an IID sample of everything the clients hold (app/config.centralise), random_init trains nothing.
+# One run each, kept under iid/, serves the row of every partition.
 PARTITION_FREE = {"centralised": "iid", "random_init": "iid"}
 
 
@@ -57,6 +57,17 @@ def completed(summary_path: Path) -> dict | None:
     return None
 
 
+def launch_logged(cmd: list[str], out: Path) -> None:
+    """Run one main.py command for cell `out`; its output goes to <out>.log; a failure stops the table."""
+    print("running:", " ".join(cmd), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = launch(cmd)
+    log = out.parent / f"{out.name}.log"
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{out} failed (exit {proc.returncode}); log: {log}")
+
+
 def run_resumable(out: Path, overrides: list[str]) -> dict:
     """One `python main.py` run into `out`: reused when completed, resumed when interrupted."""
     done = completed(out / "summary.json")
@@ -66,14 +77,8 @@ def run_resumable(out: Path, overrides: list[str]) -> dict:
     cmd = [sys.executable, "main.py", *overrides, f"output_dir={out}"]
     if out.exists() and (out / "state" / "server.pt").is_file():
         cmd = [sys.executable, "main.py", f"resume={out}"]  # an interrupted cell continues
-    print("running:", " ".join(cmd), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = launch(cmd)
-    log = out.parent / f"{out.name}.log"
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"{out} failed (exit {proc.returncode}); log: {log}")
+    launch_logged(cmd, out)
     s = json.loads((out / "summary.json").read_text())
     s["process_seconds"] = time.perf_counter() - t0
     return s
@@ -86,20 +91,6 @@ def evaluation_summary(evaluation: dict) -> dict:
             "knn": [{"round": 0, "accuracy": final["knn_accuracy"]}], "wall_seconds": 0.0}
 
 
-def run_evaluation(out: Path, overrides: list[str]) -> dict:
-    """One `python main.py mode=evaluate ...` into `out`, reused when it finished before."""
-    done = completed(out / "evaluation.json")
-    if done is None:
-        print("running:", " ".join(["main.py", *overrides]), flush=True)
-        proc = launch([sys.executable, "main.py", *overrides, f"output_dir={out}"])
-        out.mkdir(parents=True, exist_ok=True)
-        (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            raise SystemExit(f"{out} failed (exit {proc.returncode}); log: {out.parent / f'{out.name}.log'}")
-        done = json.loads((out / "evaluation.json").read_text())
-    return evaluation_summary(done)
-
-
 def finished_cell(method: str, partition: str, args) -> dict | None:
     out = cell_dir(args.out, method, partition)
     if method in EVALUATION_ONLY:
@@ -110,12 +101,13 @@ def finished_cell(method: str, partition: str, args) -> dict | None:
 
 def run_cell(method: str, partition: str, args) -> dict:
     out = cell_dir(args.out, method, partition)
-    if method in EVALUATION_ONLY:
-        return run_evaluation(out, [*METHODS[method][1], f"dataset={args.dataset}", f"num_clients={args.num_clients}",
-                                    f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
-    return run_resumable(out, [
-        *METHODS[method][1], f"dataset={args.dataset}", f"partition={out.parent.name}", f"num_clients={args.num_clients}",
-        f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
+    common = [*METHODS[method][1], f"dataset={args.dataset}", f"num_clients={args.num_clients}",
+              f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra]
+    if method not in EVALUATION_ONLY:
+        return run_resumable(out, [*common, f"partition={out.parent.name}"])
+    if finished_cell(method, partition, args) is None:  # evaluated once, then read back
+        launch_logged([sys.executable, "main.py", *common, f"output_dir={out}"], out)
+    return finished_cell(method, partition, args)
 
 
 def row(method: str, partition: str, s: dict) -> dict:

@@ -122,7 +122,7 @@ def test_torchvision_download_layout_is_read(tmp_path, data_dir):
 
 def test_evaluate_mode_refuses_missing_corrupt_and_foreign_checkpoints(make_cfg, tmp_path):
     from tasks.checkpoint import CheckpointError, save_checkpoint
-    from tasks.offline_eval import evaluate_offline
+    from app.offline_eval import evaluate_offline
 
     with pytest.raises(CheckpointError, match="checkpoint=init"):
         evaluate_offline(make_cfg("mode=evaluate"), tmp_path / "out")
@@ -141,10 +141,12 @@ def test_evaluate_mode_refuses_missing_corrupt_and_foreign_checkpoints(make_cfg,
 def test_evaluate_mode_keeps_the_checkpoints_protocol_unless_told(make_cfg, tmp_path):
     """Evaluating a checkpoint reproduces its run: the run's eval sizes, not this command's defaults."""
     from tasks.checkpoint import save_checkpoint
-    from tasks.offline_eval import models_to_evaluate
+    from app.offline_eval import models_to_evaluate
     from app.federation import build_layout
 
-    trained = make_cfg("strategy=fedu", "eval.bank_size=300", "eval.knn_k=7")
+    run_command = ["experiment=smoke", "strategy=fedu", "eval.bank_size=300", "eval.knn_k=7"]
+    trained = make_cfg(*run_command[1:])
+    trained["command_line"] = run_command  # as main.py records it
     layout, init = build_layout(trained)
     ckpt = save_checkpoint(tmp_path / "c.pt", trained, layout.keys, {"global": init}, 2)
     cfg = make_cfg("mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true")

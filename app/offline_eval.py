@@ -19,34 +19,26 @@ import math
 import time
 from pathlib import Path
 
+from app.config import recompose
+from app.federation import EVALUATORS, build_layout, task_of
 from tasks.checkpoint import CheckpointError, load_checkpoint
 
 INIT = "init"
-FROM_COMMAND = ("device", "data_dir", "cache_dir", "output_dir", "command_line", "mode", "checkpoint")
-OVERRIDABLE = ("eval", "dataset", "seed")  # taken from the command only when given on it
+MAY_CHANGE = ("eval", "dataset", "seed")  # the evaluation protocol: changed only when the command says so
+THIS_MACHINE = ("device", "data_dir", "cache_dir", "output_dir", "command_line", "mode", "checkpoint")
 
 
-def _with_command_overrides(trained: dict, cfg: dict) -> dict:
-    """The checkpoint's config, plus this command's runtime keys and its explicit eval/dataset/seed overrides."""
-    out = {**trained, **{k: cfg[k] for k in FROM_COMMAND if k in cfg}}
-    out["eval"] = dict(trained["eval"])
-    for override in cfg.get("command_line", []):
-        key = override.split("=", 1)[0].lstrip("+~")
-        top, _, sub = key.partition(".")
-        if top not in OVERRIDABLE:
-            continue
-        if top == "eval" and sub:  # one eval key: the command's value of that entry
-            entry = sub.split(".")[0]
-            out["eval"][entry] = cfg["eval"][entry]
-        else:  # a whole group or value: dataset=cifar10 (or one of its keys), seed=3, eval=...
-            out[top] = cfg[top]
+def checkpoint_config(trained: dict, cfg: dict) -> dict:
+    """The checkpoint's run config (rebuilt from its command line, as resume does) with this
+    command's `eval.*` / `dataset` / `seed` overrides on top and this machine's paths and device."""
+    wanted = [o for o in cfg.get("command_line", []) if o.split("=", 1)[0].lstrip("+~").split(".")[0] in MAY_CHANGE]
+    out = recompose(trained.get("command_line") or [], wanted)
+    out.update({k: cfg[k] for k in THIS_MACHINE if k in cfg})
     return out
 
 
 def models_to_evaluate(cfg: dict) -> tuple[dict, dict]:
     """(config to evaluate with, {name: arrays}) for `cfg["checkpoint"]`."""
-    from app.federation import build_layout
-
     source = cfg.get("checkpoint")
     if not source:
         raise CheckpointError("mode=evaluate needs checkpoint=<run>/checkpoint_final.pt, or checkpoint=init "
@@ -54,19 +46,18 @@ def models_to_evaluate(cfg: dict) -> tuple[dict, dict]:
     if str(source) == INIT:
         return cfg, {"global": build_layout(cfg)[1]}
     payload = load_checkpoint(source)
-    trained = _with_command_overrides(payload["config"], cfg)
+    trained = checkpoint_config(payload["config"], cfg)
     layout, _ = build_layout(trained)
-    if list(payload["keys"]) != list(layout.keys):
+    models = {name: [t.numpy() for t in weights.values()] for name, weights in payload["models"].items()}
+    shapes = [a.shape for a in next(iter(models.values()))]
+    if list(payload["keys"]) != list(layout.keys) or shapes != [tuple(s) for s in layout.shapes]:
         raise CheckpointError(f"checkpoint {source}: its keys do not match the model its own config builds "
                               f"(written by a different code version?)")
-    models = {name: [t.numpy() for t in weights.values()] for name, weights in payload["models"].items()}
     return trained, models
 
 
 def evaluate_offline(cfg: dict, out_dir: str | Path) -> dict:
     """Evaluate the checkpoint (or the initial model) once, as at the end of a run."""
-    from app.federation import EVALUATORS, task_of
-
     t0 = time.perf_counter()
     run_cfg, models = models_to_evaluate(cfg)
     result = EVALUATORS[task_of(run_cfg)](run_cfg)(0, models, final=True)
