@@ -1,111 +1,56 @@
 """Entry point: `python main.py strategy=fedu dataset=cifar100 num_clients=5 [key=value ...]`.
 
-Composes the Hydra config (conf/), refuses bad input before any training, runs the
-federation in Flower's simulation engine and prints where summary.json and the checkpoint are.
-`python main.py mode=route checkpoint=<sdr run>/checkpoint_final.pt dataset=<downstream>` ranks
-the sub-networks of an SDR checkpoint on a downstream data set instead (tasks/sdr_route.py).
-`python main.py mode=evaluate checkpoint=<run>/checkpoint_final.pt|init` evaluates a checkpoint,
-or the initial (random) model, without training (app/offline_eval.py).
+Composes the config (conf/) once, refuses bad input before any training, and runs the command
+its `mode` names (app/commands.py): train (a federation in Flower's simulation engine; `resume=`
+continues one), evaluate a checkpoint, or route an SDR checkpoint. `-m` runs every combination
+of comma-separated values; `--cfg` prints the composed config; `--help` the choices.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from app.config import ConfigError, compose, to_plain
-
-log = logging.getLogger("fedssl")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from app.simulation import RunFailed
-    from strategies import RunStopped
-    from tasks.checkpoint import CheckpointError
-    from tasks.data import DataError
-    from tasks.partition import PartitionError
-
-    return (ConfigError, DataError, PartitionError, CheckpointError, RunFailed, RunStopped)
+USAGE = """usage: python main.py [key=value ...]            train (default: strategy=fedu dataset=cifar100, the paper's protocol)
+       python main.py resume=<run dir>             continue an interrupted run
+       python main.py mode=evaluate checkpoint=<run>/checkpoint_final.pt|init
+       python main.py mode=route checkpoint=<sdr run>/checkpoint_final.pt dataset=<downstream>
+       python main.py -m key=a,b ...               one run per combination
+       python main.py --cfg [key=value ...]        print the composed config
+"""
 
 
-@hydra.main(config_path="conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    from app.simulation import run
+def usage() -> str:
+    from app.config import GROUPS, group_options
 
-    logging.getLogger("flwr").propagate = False  # flwr prints its own lines; no duplicates
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    plain = to_plain(cfg)
-    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in ("resume", "output_dir")]
-    plain["command_line"] = overrides
-    if plain["mode"] == "route":
-        return route_command(plain)
-    if plain["mode"] == "evaluate":
-        return evaluate_command(plain)
-    try:
-        resume_state = None
-        if plain["resume"]:
-            from app.resume import load_state, resumed_config
-
-            resume_state = load_state(plain["resume"])
-            plain = resumed_config(resume_state, overrides)
-            out_dir = plain["resume"] = plain["output_dir"] = str(Path(cfg.resume))
-        else:
-            out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
-        plain["output_dir"] = str(out_dir)
-        summary = run(plain, out_dir, resume_state)
-    except _user_errors() as err:
-        sys.exit(f"error: {err}")
-    final = summary["final"]
-    if "rank1" in final:  # re-identification
-        scores = f"rank-1 {100 * final['rank1']:.2f}% | mAP {100 * final['mAP']:.2f}%"
-    else:
-        scores = (f"kNN {100 * final.get('knn_accuracy', float('nan')):.2f}% | "
-                  f"linear {100 * final.get('linear_accuracy', float('nan')):.2f}%")
-    log.info("done: %s on %s, %d clients, %d rounds | %s | %.0fs | %s", plain["strategy"]["name"],
-             plain["dataset"]["name"], plain["num_clients"], plain["num_rounds"], scores,
-             summary["wall_seconds"], f"{out_dir}/summary.json")
+    return USAGE + "\nconfig groups (conf/):\n" + "\n".join(f"  {g}: {', '.join(group_options(g))}" for g in GROUPS)
 
 
-def offline_command(plain: dict, run, describe, written: str) -> None:
-    """A mode that runs no federation: `run(config, out_dir)` -> report, printed by `describe`."""
-    out_dir = plain.get("output_dir") or HydraConfig.get().runtime.output_dir
-    try:
-        report = run(plain, out_dir)
-    except _user_errors() as err:
-        sys.exit(f"error: {err}")
-    print(describe(report))
-    log.info("%s: %s/%s", plain["mode"], out_dir, written)
+def main(argv: list[str]) -> None:
+    from app.commands import USER_ERRORS, multirun, run_command
 
-
-def route_command(plain: dict) -> None:
-    """mode=route: rank the paths of an SDR checkpoint on a downstream data set, export the best."""
-    from tasks.sdr_route import route, table
-
-    offline_command(plain, route, table, "route.json (and the exported backbone)")
-
-
-def evaluate_command(plain: dict) -> None:
-    """mode=evaluate: a checkpoint (or checkpoint=init, the initial model) evaluated once, no training."""
-    from app.offline_eval import evaluate_offline, summary_line
-
-    offline_command(plain, evaluate_offline, summary_line, "evaluation.json")
-
-
-def check_command_line(argv: list[str]) -> None:
-    """Fail fast, with the valid keys/choices listed, on a typo in the overrides."""
-    if any(a.startswith("-") for a in argv):  # --help, --cfg, -m ...: Hydra's own handling
+    if "-h" in argv or "--help" in argv:
+        print(usage())
         return
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    if "--cfg" in flags and overrides[:1] in (["job"], ["all"]):  # Hydra's `--cfg job` spelling
+        overrides = overrides[1:]
     try:
-        compose(argv)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+        if "--cfg" in flags:
+            from omegaconf import OmegaConf
+
+            from app.config import compose, to_plain
+
+            print(OmegaConf.to_yaml(to_plain(compose(overrides))))
+        elif set(flags) - {"-m", "--multirun"}:
+            sys.exit(f"error: unknown option {sorted(set(flags) - {'-m', '--multirun'})}\n{usage()}")
+        elif flags:
+            multirun(overrides)
+        else:
+            run_command(overrides)
+    except USER_ERRORS as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
-    main()
+    main(sys.argv[1:])

@@ -5,8 +5,8 @@ config still comes from conf/: the run config key `overrides` carries the Hydra 
 (e.g. "strategy=fedu dataset=cifar100 experiment=cpu"), so nothing is configured twice.
 A SuperNode says which partition it serves through --node-config
 "partition-id=0 num-partitions=5", may point at the public data with data-dir=<folder>, or
-train on its own images with local-data=<.npz or folder> (tasks/local_data.py); state-dir=<folder>
-keeps its per-round client state on disk for resume.
+train on its own images with local-data=<.npz or folder> (tasks/common/local_data.py);
+state-dir=<folder> keeps its per-round client state on disk for resume.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from flwr.client import ClientApp
-from flwr.server import ServerApp, ServerAppComponents
+from flwr.server import ServerApp
 from flwr.server.compat import start_grid
 
-from app.config import compose, to_plain
-from app.federation import build_client, build_strategy, client_resources, server_config
-from app.report import RunReport
+from app.config import compose, key_of, override_value, to_plain
+from app.federation import Federation, build_client, client_resources, prepare
 from app.resume import load_state, resumed_config
-from app.simulation import preflight
+
+NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
 
 
 @lru_cache(maxsize=4)
@@ -31,29 +31,30 @@ def config_from_overrides(overrides: str) -> dict:
     return to_plain(compose(shlex.split(overrides)))
 
 
-def _server_components(context) -> tuple[ServerAppComponents, RunReport]:
+def server_federation(context) -> Federation:
+    """The run the researcher submitted, or the continuation of `resume=<its output directory>`."""
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
-    cfg = dict(config_from_overrides(shlex.join(overrides)))
-    cfg["command_line"] = [o for o in overrides if o.split("=", 1)[0] not in ("resume", "output_dir")]
+    command_line = [o for o in overrides if key_of(o) not in NOT_RECORDED]
+    resume_dir = override_value(overrides, "resume")
     resume_state = None
-    if cfg["resume"]:  # continue an interrupted deployment run in its own output directory
-        out_dir = str(cfg["resume"])
-        resume_state = load_state(out_dir)
-        cfg = resumed_config(resume_state, cfg["command_line"])
-        cfg["resume"] = out_dir
+    if resume_dir:  # continue an interrupted deployment run in its own output directory
+        resume_state = load_state(resume_dir)
+        cfg = resumed_config(resume_state, command_line)
+        out_dir = cfg["resume"] = str(resume_dir)
     else:
+        cfg = dict(config_from_overrides(shlex.join(overrides)))
+        cfg["command_line"] = command_line
         out_dir = cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
     cfg["output_dir"] = out_dir
-    preflight(cfg)
-    report = RunReport(cfg, Path(out_dir), resume_state)
-    components = ServerAppComponents(strategy=build_strategy(cfg, report, resume_state),
-                                     config=server_config(cfg, resume_state))
-    return components, report
+    return prepare(cfg, out_dir, resume_state)
 
 
 def _server_main(grid, context) -> None:
     """Run the rounds, then close summary.json and the W&B run whatever happened (as in simulation)."""
-    components, report = _server_components(context)
+    federation = server_federation(context)
+    report = federation.report
+    report.start()
+    components = federation.server_components()
     try:
         start_grid(grid=grid, strategy=components.strategy, config=components.config)
     except BaseException as err:  # noqa: BLE001 - record, then re-raise: the run's status becomes failed

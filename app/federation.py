@@ -1,35 +1,35 @@
-"""The one place that builds the ServerApp and ClientApp from a resolved config.
+"""The one place that builds a run's federation from a resolved config (DESIGN.md "Layout").
 
-`main.py` (simulation) and the `[tool.flwr.app.components]` apps (deployment) both call
-these builders, so the two modes cannot drift apart (DESIGN.md "Layout").
+`prepare` refuses everything that can be refused before training (config types and ranges, the
+task and its data, the strategy's own arguments) and builds the task's layout, the strategy
+(Hydra `instantiate` of conf/strategy/<name>.yaml's `_target_`) and the report, writing nothing.
+The simulation (app/simulation.py) and the deployment apps (app/deployment.py) both start from
+it, and both build clients with `build_client`, so the two modes cannot drift apart.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.client import ClientApp
 from flwr.common import log
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
+from app.registry import Task, not_constructor_args, task_of
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
-from clients.reid_client import ReIDClient
-from clients.sdr_client import SDRClient
-from clients.ssl_client import SSLClient
-from strategies import STRATEGIES, Layout, ServerHooks
-from tasks.checkpoint import CheckpointError, save_checkpoint
-from tasks.reid import build_reid_net, shared_keys
-from tasks.reid import distill as reid_distill
-from tasks.reid_data import is_reid, public_images
-from tasks.reid_eval import ReIDEvaluator
-from tasks.representation import RepresentationEvaluator
-from tasks.sdr import all_paths, build_sdr_model, group_regions
-from tasks.sdr_eval import SDREvaluator
-from tasks.train import client_generator, resolve_device
-from tasks.wire import build_federated_method, divergence_layers, get_arrays, layout_fingerprint, set_arrays
+from app.schema import validate
+from app.summary import SummarySchema
+from clients.task_client import TaskClient
+from protocol.checks import ConfigError
+from protocol.hooks import ServerHooks
+from protocol.layout import Layout
+from tasks.common.checkpoint import CheckpointError, save_checkpoint
 
 
 def clients_per_round(cfg: dict) -> int:
@@ -52,67 +52,54 @@ def client_resources(cfg: dict) -> dict:
     return {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}
 
 
-def task_of(cfg: dict) -> str:
-    """What the clients train: "reid" (FedPav, or standalone on re-ID data), "sdr", or "ssl"."""
-    return "reid" if is_reid(cfg) else "sdr" if cfg["strategy"]["name"] == "sdr" else "ssl"
-
-
-EVALUATORS = {"ssl": RepresentationEvaluator, "reid": ReIDEvaluator, "sdr": SDREvaluator}
-CLIENTS = {"ssl": SSLClient, "reid": ReIDClient, "sdr": SDRClient}
-
-
-def build_layout(cfg: dict):
+def build_layout(cfg: dict) -> tuple[Layout, list]:
     """The upload layout and the initial global arrays, from the same code the clients run."""
     task = task_of(cfg)
-    if task == "ssl":
-        method, plan, keys = build_federated_method(cfg)
-        arrays = get_arrays(method, keys)
-        return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(method, keys),
-                      divergence_layers=divergence_layers(keys, plan)), arrays
-    # FedPav uploads backbone + embedding block (classifiers stay on the clients); SDR everything
-    net = build_reid_net(cfg) if task == "reid" else build_sdr_model(cfg)
-    keys = shared_keys(net) if task == "reid" else list(net.state_dict())
-    arrays = get_arrays(net, keys)
-    return Layout(keys=keys, shapes=[a.shape for a in arrays], fingerprint=layout_fingerprint(net, keys)), arrays
+    return task.layout(cfg, task.layout_options(cfg))
 
 
-SERVER_STREAM = 1_000_000  # the server's own random stream (clients use their partition ids)
+def strategy_class(cfg: dict):
+    """The strategy's constructor with its config arguments bound (`_target_` + conf/strategy keys)."""
+    node = {k: v for k, v in cfg["strategy"].items() if k not in not_constructor_args()}
+    try:
+        return instantiate({"_target_": cfg["strategy"]["_target_"], **node}, _partial_=True, _convert_="all")
+    except InstantiationException as err:
+        raise ConfigError(f"strategy={cfg['strategy']['name']}: cannot build {cfg['strategy']['_target_']} "
+                          f"({err.__cause__ or err})") from err
 
 
-def build_distill(cfg: dict):
-    """FedPav's server-side distillation as a NumPy-in, NumPy-out hook (DESIGN.md conv. 2)."""
-    public = {}
+@dataclass
+class Federation:
+    """A run ready to start: its task, upload layout, strategy and report (nothing written yet)."""
 
-    def distill(student_arrays, teachers, server_round):
-        if "x" not in public:
-            public["x"] = public_images(cfg)
-        student = build_reid_net(cfg)
-        keys = shared_keys(student)
-        set_arrays(student, keys, student_arrays)
-        nets = []
-        for arrays in teachers:
-            net = build_reid_net(cfg)
-            set_arrays(net, keys, arrays)
-            nets.append(net)
-        device = resolve_device(str(cfg["device"]))
-        loss = reid_distill(student, nets, public["x"], cfg["reid"], device,
-                            client_generator(int(cfg["seed"]), server_round, SERVER_STREAM))
-        return get_arrays(student, keys), loss
+    cfg: dict
+    task: Task
+    layout: Layout
+    strategy: object
+    report: RunReport
+    resume_state: dict | None = None
 
-    return distill
+    def server_components(self, context=None) -> ServerAppComponents:
+        if self.resume_state is not None:  # the random streams continue where the saved run stopped
+            set_rng_states(self.resume_state["rng"])
+        return ServerAppComponents(strategy=self.strategy, config=server_config(self.cfg, self.resume_state))
 
 
-def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = None):
-    """The configured strategy with its hooks; `resume_state` (app/resume.py) continues a run."""
-    layout, initial = build_layout(cfg)
+def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | None = None) -> Federation:
+    """Check everything that can be checked before training, and build the server side."""
+    validate(cfg)
+    task = task_of(cfg)
+    task.preflight(cfg)
+    layout, initial = task.layout(cfg, task.layout_options(cfg))
     if resume_state is not None:
         if resume_state["layout"] != layout.fingerprint:
             raise CheckpointError("resume: the saved global model does not fit this model/method config "
                                   "(different keys or shapes); resume with the original settings")
         initial = resume_state["arrays"]
-        set_rng_states(resume_state["rng"])
-    evaluator = EVALUATORS[task_of(cfg)](cfg)
-    out_dir = Path(report.out_dir)
+    make_strategy = strategy_class(cfg)
+    out_dir = Path(out_dir or cfg.get("output_dir") or "outputs")
+    schema = SummarySchema(task.metrics, make_strategy.func.CLIENT_FIELDS, make_strategy.func.ROUND_FIELDS)
+    report = RunReport(cfg, out_dir, schema, task.name, resume_state)
 
     def checkpoint(models, server_round):
         return save_checkpoint(out_dir / "checkpoint_final.pt", cfg, layout.keys, models, server_round)
@@ -123,32 +110,17 @@ def build_strategy(cfg: dict, report: RunReport, resume_state: dict | None = Non
             log(logging.ERROR, "fault injection: the server process dies after round %s", server_round)
             os._exit(75)
 
-    hooks = ServerHooks(evaluate=evaluator, report=report.report, save_checkpoint=checkpoint,
+    hooks = ServerHooks(evaluate=task.evaluator(cfg, layout), report=report.report, save_checkpoint=checkpoint,
                         save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None),
-                        distill=build_distill(cfg) if uses_distillation(cfg) else None)
-    st = cfg["strategy"]
-    common = dict(
+                        **task.server_hooks(cfg))
+    strategy = make_strategy(
         layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
         num_clients=cfg["num_clients"], fraction_fit=float(cfg["fraction_fit"]),
         min_fit_clients=int(cfg["min_fit_clients"]), eval_every=int(cfg["eval_every"]),
         eval_at_start=bool(cfg["eval"]["at_start"]), seed=int(cfg["seed"]),
         norm_bound=None if cfg.get("norm_bound") is None else float(cfg["norm_bound"]),
-        checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state,
-    )
-    cls = STRATEGIES[st["name"]]
-    if st["name"] in ("fedu", "fedbyol"):
-        return cls(predictor=st["predictor"], mu=float(st["mu"]), divergence=st["divergence"], **common)
-    if st["name"] == "fedpav":
-        return cls(cdw=bool(st["cdw"]), kd=bool(st["kd"]), kd_every=int(st["kd_every"]), **common)
-    if st["name"] == "sdr":
-        model = build_sdr_model(cfg)
-        return cls(regions=group_regions(model, layout.keys),
-                   path_groups=all_paths(model.net.groups, model.net.num_blocks), **common)
-    return cls(**common)
-
-
-def uses_distillation(cfg: dict) -> bool:
-    return cfg["strategy"]["name"] == "fedpav" and bool(cfg["strategy"].get("kd"))
+        checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state)
+    return Federation(cfg, task, layout, strategy, report, resume_state)
 
 
 def server_config(cfg: dict, resume_state: dict | None = None) -> ServerConfig:
@@ -157,17 +129,13 @@ def server_config(cfg: dict, resume_state: dict | None = None) -> ServerConfig:
     return ServerConfig(num_rounds=cfg["num_rounds"] - done, round_timeout=None if timeout is None else float(timeout))
 
 
-def build_server_app(cfg: dict, report: RunReport, resume_state: dict | None = None) -> ServerApp:
-    def server_fn(context) -> ServerAppComponents:
-        return ServerAppComponents(strategy=build_strategy(cfg, report, resume_state),
-                                   config=server_config(cfg, resume_state))
-
-    return ServerApp(server_fn=server_fn)
+def build_server_app(federation: Federation) -> ServerApp:
+    return ServerApp(server_fn=federation.server_components)
 
 
-def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None):
-    """The client for the run's task (`task_of`)."""
-    return CLIENTS[task_of(cfg)](cfg, partition_id, state, threads=threads, state_dir=state_dir)
+def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None) -> TaskClient:
+    """The client of partition `partition_id`, running the local round of the run's task."""
+    return TaskClient(task_of(cfg).local_round, cfg, partition_id, state, threads=threads, state_dir=state_dir)
 
 
 def make_client_fn(cfg: dict):

@@ -9,7 +9,6 @@ local state next to it (clients/state_store.py) — in a deployment, on their ow
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from app.config import recompose
-from tasks.checkpoint import CheckpointError
+from tasks.common.checkpoint import CheckpointError, load_file, save_atomic
 
 FORMAT = "fedssl-state-v1"
 STATE_FILE = Path("state") / "server.pt"
@@ -46,10 +45,7 @@ def save_state(out_dir: Path, server_round: int, cfg: dict, fingerprint: str, ar
         "arrays": [np.asarray(a) for a in arrays], "strategy_state": strategy_state,
         "summary": summary, "rng": rng_states(), "wandb_run_id": summary.get("wandb", {}).get("run_id"),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomic(payload, path)
 
 
 def load_state(run_dir: str | Path) -> dict:
@@ -59,7 +55,7 @@ def load_state(run_dir: str | Path) -> dict:
         raise CheckpointError(f"resume: no federation state at {path}{hint}; "
                               f"give resume=<the output directory of a run that saved a checkpoint>")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_file(path, weights_only=False)
     except Exception as err:
         raise CheckpointError(f"resume: {path} is corrupt or truncated ({type(err).__name__}: {err}); "
                               f"it cannot be resumed, start a new run") from err
@@ -88,6 +84,10 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
     Only runtime keys may change (RUNTIME_KEYS); anything else that differs — another
     strategy, model, dataset, seed... — is refused with the keys named.
     """
+    if "tasks" not in saved["config"].get("strategy", {}):
+        raise CheckpointError("resume: this run was saved by an earlier version of this project (its config "
+                              "declares no strategy.tasks, and its strategies were not built from _target_); "
+                              "resume it with that version, or start a new run without resume=")
     original = list(saved["config"].get("command_line") or [])
     extra = [o for o in new_overrides if not o.split("=", 1)[0].lstrip("+~") in ("resume", "output_dir")]
     cfg = recompose(original, extra)

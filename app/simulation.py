@@ -1,4 +1,4 @@
-"""Run one experiment in Flower's simulation engine (Ray) and return its summary."""
+"""Run one experiment in Flower's simulation engine (Ray) and return its report."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import logging
 import os
 from pathlib import Path
 
-from app.config import ConfigError, centralise, validate
-from app.federation import build_client_app, build_server_app, client_resources
+from app.config import centralise
+from app.federation import Federation, build_client_app, build_server_app, client_resources, prepare
 from app.report import RunReport
-from tasks.federated_data import dataset_from_cfg, partitions
-from tasks.reid_data import check_reid_data, is_reid
 
 log = logging.getLogger("fedssl")
 
@@ -19,20 +17,9 @@ class RunFailed(RuntimeError):
     """The federation did not complete; summary.json holds every finished round."""
 
 
-def preflight(cfg: dict) -> None:
-    """Everything that can be refused before training starts: values, data, partition."""
-    validate(cfg)
-    if is_reid(cfg):
-        check_reid_data(cfg)  # every client's identities, its evaluation set, the public set
-        return
-    dataset_from_cfg(cfg)  # DataError naming the paths searched
-    parts = partitions(cfg)  # PartitionError for impossible splits
-    small = [k for k, p in enumerate(parts) if len(p) < cfg["batch_size"]]
-    if small:
-        raise ConfigError(
-            f"clients {small} hold fewer examples than batch_size={cfg['batch_size']} "
-            f"(smallest: {min(len(parts[k]) for k in small)}); lower batch_size or use fewer clients"
-        )
+def preflight(cfg: dict) -> Federation:
+    """Everything that can be refused before training starts (app/federation.prepare); writes nothing."""
+    return prepare(centralise(cfg))
 
 
 def cpu_warning(cfg: dict) -> None:
@@ -48,7 +35,7 @@ def cpu_warning(cfg: dict) -> None:
         )
 
 
-def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> dict:
+def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> RunReport:
     """Simulate the federation described by the resolved config `cfg`; write results to out_dir.
 
     `resume_state` (app/resume.load_state) continues an interrupted run in the same out_dir.
@@ -56,11 +43,11 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> dic
     """
     from flwr.simulation import run_simulation
 
-    cfg = centralise(cfg)
-    preflight(cfg)
+    cfg = dict(centralise(cfg), client_state_dir=str(Path(out_dir) / "client_state"))
+    federation = prepare(cfg, out_dir, resume_state)
     cpu_warning(cfg)
-    cfg = dict(cfg, client_state_dir=str(Path(out_dir) / "client_state"))
-    report = RunReport(cfg, Path(out_dir), resume_state)
+    report = federation.report
+    report.start()
     resources = client_resources(cfg)
     init_args = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if cfg["ray"].get("address"):
@@ -70,7 +57,7 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> dic
     log.info("simulating %d clients (%s per client) -> %s", cfg["num_clients"], resources, report.out_dir)
     try:
         run_simulation(
-            server_app=build_server_app(cfg, report, resume_state),
+            server_app=build_server_app(federation),
             client_app=build_client_app(cfg),
             num_supernodes=cfg["num_clients"],
             backend_config={"client_resources": resources, "init_args": init_args},
@@ -82,4 +69,4 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> dic
     summary = report.finish()
     if summary["status"] != "completed":
         raise RunFailed(f"run failed: {summary['error']} (results so far: {report.path})")
-    return summary
+    return report

@@ -32,7 +32,7 @@ METHODS = {
     "centralised": ("Centralised", ["strategy=centralised"]),
     "random_init": ("Random init (no training)", ["strategy=fedu", "mode=evaluate", "checkpoint=init"]),
 }
-# evaluated, not trained (app/offline_eval.py): the baseline every trained number is compared with
+# evaluated, not trained (app/offline.py): the baseline every trained number is compared with
 EVALUATION_ONLY = {"random_init"}
 
 # Cells whose result does not depend on the partition: strategy=centralised trains one client on

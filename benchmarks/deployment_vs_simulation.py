@@ -35,8 +35,8 @@ COLD_START = """
 import shlex, sys, time
 t0 = time.perf_counter()
 from app import deployment
-from tasks.federated_data import client_images
-from tasks.wire import build_federated_method
+from tasks.common.federated_data import client_images
+from tasks.ssl.model import build_federated_method
 t1 = time.perf_counter()
 cfg = deployment.config_from_overrides(shlex.join(sys.argv[1:]))
 client_images(cfg, 0)
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     seconds = timed([sys.executable, "main.py", *common, f"num_clients={args.nodes}", f"output_dir={sim_dir}"],
                     args.out / "simulation.log")
     results["simulation"] = {"process_seconds": seconds}
-    seconds = timed([sys.executable, "-m", "app.local_federation", "--nodes", str(args.nodes), "--workdir",
+    seconds = timed([sys.executable, "-m", "ops.local_federation", "--nodes", str(args.nodes), "--workdir",
                      str(dep_dir), *common], args.out / "deployment.log")
     results["deployment"] = {"process_seconds": seconds}
     for mode, folder in (("simulation", sim_dir), ("deployment", dep_dir / "run")):

@@ -10,12 +10,12 @@ interrupted part of the run and are ignored (and pruned).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from tasks.common.checkpoint import load_file, save_atomic
 
 _FILE = re.compile(r"^round-(\d+)\.pt$")
 
@@ -56,10 +56,7 @@ def save(folder: Path, server_round: int, state: RecordDict, keep_from: int) -> 
     """Write the state after `server_round`; prune files made obsolete by the checkpoint at
     round `keep_from` (keep the newest one <= keep_from and everything after it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"round-{server_round}.pt"
-    tmp = folder / f".round-{server_round}.pt.tmp"
-    torch.save(to_plain(state), tmp)
-    os.replace(tmp, path)
+    path = save_atomic(to_plain(state), folder / f"round-{server_round}.pt")
     rounds = rounds_on_disk(folder)
     older = [r for r in rounds if r <= keep_from]
     for r in older[:-1]:
@@ -75,7 +72,7 @@ def restore(folder: Path, resume_round: int, state: RecordDict) -> int | None:
         return None
     path = folder / f"round-{candidates[-1]}.pt"
     try:
-        plain = torch.load(path, map_location="cpu", weights_only=True)
+        plain = load_file(path, weights_only=True)
     except Exception as err:
         raise ClientStateError(f"client state {path} is corrupt ({type(err).__name__}: {err}); "
                                f"delete it to restart this client from the global model") from err

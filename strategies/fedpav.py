@@ -1,33 +1,41 @@
 """FedPav (ACM MM 2020, SPEC §5): federated partial averaging for re-identification.
 
-Clients upload the backbone and embedding block and keep their classifiers. The server averages
-the uploads weighted by examples, or, with `cdw=True`, by the cosine distance d_k each client
-reports (w_k = d_k / sum_j d_j). With `kd=True`, every `kd_every` rounds the aggregate is
-distilled on the server's public set towards the mean normalised embedding of every client's
-latest upload (hooks.distill, torch side). Per-client weights, d_k and the KD loss go into
-the round's record (summary.json, W&B).
+Clients upload the backbone and embedding block and keep their classifiers (local parts of the
+re-ID task: they never travel). The server averages the uploads weighted by examples, or, with
+`cdw=True`, by the cosine distance d_k each client reports (w_k = d_k / sum_j d_j); the clients
+are told to report it in their instructions. With `kd=True`, every `kd_every` rounds the
+aggregate is distilled on the server's public set towards the mean normalised embedding of every
+client's latest upload (hooks.distill, torch side). Per-client weights, d_k and the KD loss go
+into the round's record (summary.json, W&B).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from logging import WARNING
 
 import numpy as np
-from flwr.common import Scalar, log
+from flwr.common import log
 
-from strategies.fedssl import FedSSL
-from strategies.weights import NDArrays, weighted_average
+from protocol.checks import Bool, ConfigError, Int
+from protocol.fields import ClientField, RoundField
+from protocol.instructions import Instructions
+from protocol.weights import NDArrays, weighted_average
+from strategies.base import FedSSL
 
 
 class FedPav(FedSSL):
+    CLIENT_FIELDS = (ClientField("weight", "weights", fmt=".2f"),)
+    ROUND_FIELDS = (RoundField("kd_loss", "KD loss", fmt=".4f"),)
+
     def __init__(self, *, cdw: bool = False, kd: bool = False, kd_every: int = 10, **kwargs):
         self.latest: dict[int, NDArrays] = {}  # every client's latest upload: the KD teachers
+        self.cdw = Bool().check(cdw, "strategy.cdw")
+        self.kd = Bool().check(kd, "strategy.kd")
+        self.kd_every = Int(min=1).check(kd_every, "strategy.kd_every")
         super().__init__(**kwargs)
-        if kd and self.hooks.distill is None:
-            raise ValueError("FedPav with kd=True needs a distill hook (server-side torch work)")
-        if kd_every < 1:
-            raise ValueError(f"kd_every must be >= 1, got {kd_every}")
-        self.cdw, self.kd, self.kd_every = cdw, kd, kd_every
+        if self.kd and self.hooks.distill is None:
+            raise ConfigError("strategy.kd=true needs server-side distillation, which this task does not offer")
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "latest": dict(self.latest)}
@@ -36,8 +44,8 @@ class FedPav(FedSSL):
         super().load_state_dict(state)
         self.latest = {int(pid): [np.asarray(a) for a in arrays] for pid, arrays in state.get("latest", {}).items()}
 
-    def client_config(self, server_round: int, pid: int) -> dict[str, Scalar]:
-        return {**super().client_config(server_round, pid), "cdw": self.cdw}
+    def instructions(self, server_round: int, pid: int) -> Instructions:
+        return dataclasses.replace(super().instructions(server_round, pid), cdw=self.cdw)
 
     def aggregation_weights(self, updates) -> list[float]:
         """n_k, or the clients' cosine distances d_k under CDW (normalised by weighted_average)."""

@@ -1,25 +1,29 @@
-"""Federated SDR pre-training (SPEC §6): group-aware averaging, NumPy only.
+"""Federated SDR pre-training (SPEC §6): group-aware averaging.
 
 Every array is first averaged over all clients weighted by examples (shared weights, the heads,
-the centroids). Then each individual group's slice (`regions`: array index, rows, block, group)
-is replaced by its average over the clients that routed samples to a path using that group,
-weighted by those samples; a group no client routed to this round keeps the example-weighted
-average (the full SDRnet, trained on all data, updated it everywhere). Clients report
-`routed_<path>` sample counts; `path_groups[p]` is path p's group per block.
+the centroids). Then each individual group's slice (the layout's `regions`: array index, rows,
+block, group) is replaced by its average over the clients that routed samples to a path using
+that group, weighted by those samples; a group no client routed to this round keeps the
+example-weighted average (the full SDRnet, trained on all data, updated it everywhere). Clients
+report `routed_<path>` sample counts; the layout's `path_groups[p]` is path p's group per block.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from strategies.fedssl import FedSSL
-from strategies.weights import NDArrays, weighted_average
+from protocol.checks import ConfigError
+from protocol.weights import NDArrays, weighted_average
+from strategies.base import FedSSL
 
 
 class FedSDR(FedSSL):
-    def __init__(self, *, regions: list[tuple[int, int, int, int, int]], path_groups: list[tuple[int, ...]], **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.regions, self.path_groups = regions, path_groups
+        if not self.layout.regions or not self.layout.path_groups:
+            raise ConfigError(f"strategy={self.name} aggregates SDR groups; this task's upload has none "
+                              f"(it needs the sdr task: an SDRnet)")
+        self.regions, self.path_groups = self.layout.regions, self.layout.path_groups
 
     def group_samples(self, metrics: dict) -> dict[tuple[int, int], int]:
         """(block, group) -> samples this client routed through it this round."""

@@ -1,1 +1,11 @@
-"""All torch code: data, partitions, models, SSL methods, training and evaluation."""
+"""All torch code, one package per task over shared helpers; nothing here knows of Flower.
+
+    common/  data, partitions, augmentations, models, evaluation, checkpoints, training helpers,
+             and the types of one client's round (local.py)
+    ssl/     self-supervised representation learning (BYOL, SimSiam, SimCLR, MoCo, SwAV; FedEMA's mixing)
+    reid/    re-identification (FedPav's model, training, distillation, retrieval evaluation)
+    sdr/     scalable dynamic routing (SDRnet, its training, evaluation and routing)
+
+Each task package offers what its row in app/registry.py names: the upload layout and initial
+weights, the client's local round, the evaluator, what it refuses before training, its config types.
+"""

@@ -27,13 +27,18 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def make_cfg(data_dir, cache_dir, tmp_path):
+def smoke_overrides(data_dir, cache_dir, tmp_path) -> list[str]:
+    """The command-line overrides of a smoke run on the offline data, written under tmp_path/run."""
+    return ["experiment=smoke", f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def make_cfg(smoke_overrides):
     """Compose the real config (conf/) with the smoke preset plus overrides, as a plain dict."""
     from app.config import compose, to_plain
 
     def make(*overrides: str) -> dict:
-        base = ["experiment=smoke", f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={tmp_path / 'run'}"]
-        return to_plain(compose(base + list(overrides)))
+        return to_plain(compose(smoke_overrides + list(overrides)))
 
     return make
 
@@ -41,14 +46,14 @@ def make_cfg(data_dir, cache_dir, tmp_path):
 @pytest.fixture
 def spy(monkeypatch):
     """Snapshot the model as local training starts, to see what a client restored or mixed."""
-    import clients.ssl_client as ssl_client
+    import tasks.ssl.local as ssl_local
 
     seen = []
-    real = ssl_client.train_one_round
+    real = ssl_local.train_one_round
 
     def wrapped(method, images, **kw):
         seen.append({k: v.detach().clone() for k, v in method.state_dict().items()})
         return real(method, images, **kw)
 
-    monkeypatch.setattr(ssl_client, "train_one_round", wrapped)
+    monkeypatch.setattr(ssl_local, "train_one_round", wrapped)
     return seen

@@ -22,12 +22,15 @@ def test_deployment_server_app_builds_from_run_config_overrides(data_dir, cache_
     overrides = (f"experiment=smoke strategy=fedu num_clients=3 data_dir={data_dir} cache_dir={cache_dir} "
                  f"output_dir={tmp_path / 'srv'}")
     ctx = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config={"overrides": overrides})
-    comps, _ = deployment._server_components(ctx)
+    federation = deployment.server_federation(ctx)
+    comps = federation.server_components()
     assert isinstance(comps.strategy, FedU) and comps.config.num_rounds == 2
-    assert (tmp_path / "srv" / "summary.json").is_file()
+    assert not (tmp_path / "srv").exists()  # nothing is written before the run starts ...
+    federation.report.start()
+    assert (tmp_path / "srv" / "summary.json").is_file()  # ... then summary.json at once
     ctx = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(),
                   run_config={"overrides": overrides.replace("strategy=fedu", "strategy=standalone")})
-    assert isinstance(deployment._server_components(ctx)[0].strategy, Standalone)
+    assert isinstance(deployment.server_federation(ctx).strategy, Standalone)
 
 
 def test_deployment_client_app_takes_partition_and_data_from_node_config(data_dir, tmp_path):

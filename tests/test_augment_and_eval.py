@@ -5,8 +5,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from tasks.augment import _hsv_to_rgb, _rgb_to_hsv, byol_view, color_jitter, crop_boxes
-from tasks.evaluate import knn_predict, linear_probe
+from tasks.common.augment import _hsv_to_rgb, _rgb_to_hsv, byol_view, color_jitter, crop_boxes
+from tasks.common.evaluate import knn_predict, linear_probe
 
 
 def test_hue_shift_matches_torchvision():

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from app.config import ConfigError, compose, to_plain, validate
+from app.config import ConfigError, compose
 from app.simulation import preflight
-from tasks.data import DataError, load_dataset
+from tasks.common.data import DataError, load_dataset
 from tests.conftest import ROOT
 
 
@@ -50,10 +50,9 @@ def test_command_line_typo_exits_with_the_message():
     ("faults.client_raise=[1,2]", r"faults.client_raise must be a list of \[partition_id, round\] pairs"),
     ("examples_per_client=10", "examples_per_client must be null or an integer >= batch_size"),
 ])
-def test_values_out_of_range(override, message):
-    cfg = to_plain(compose([override]))
+def test_values_out_of_range(make_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(cfg)
+        preflight(make_cfg(override))
 
 
 def test_impossible_partition_is_refused_before_training(make_cfg):
@@ -120,29 +119,30 @@ def test_torchvision_download_layout_is_read(tmp_path, data_dir):
     assert np.array_equal(ds.x_train[:, 2:30, 2:30, 0], x) and np.array_equal(ds.y_test, yt)
 
 
-def test_evaluate_mode_refuses_missing_corrupt_and_foreign_checkpoints(make_cfg, tmp_path):
-    from tasks.checkpoint import CheckpointError, save_checkpoint
-    from app.offline_eval import evaluate_offline
+def test_evaluate_mode_refuses_missing_corrupt_and_foreign_checkpoints(make_cfg, smoke_overrides, tmp_path):
+    from app.commands import evaluate
+    from tasks.common.checkpoint import CheckpointError, save_checkpoint
 
+    command = [o for o in smoke_overrides if not o.startswith("output_dir=")] + [f"output_dir={tmp_path / 'out'}"]
     with pytest.raises(CheckpointError, match="checkpoint=init"):
-        evaluate_offline(make_cfg("mode=evaluate"), tmp_path / "out")
+        evaluate(command + ["mode=evaluate"])
     with pytest.raises(CheckpointError, match="does not exist"):
-        evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'nope.pt'}"), tmp_path / "out")
+        evaluate(command + ["mode=evaluate", f"checkpoint={tmp_path / 'nope.pt'}"])
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
-        evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'bad.pt'}"), tmp_path / "out")
+        evaluate(command + ["mode=evaluate", f"checkpoint={tmp_path / 'bad.pt'}"])
     trained = make_cfg("strategy=fedu")
     save_checkpoint(tmp_path / "old.pt", trained, ["online.x"], {"global": [np.zeros(2)]}, 2)  # another layout
     with pytest.raises(CheckpointError, match="keys do not match"):
-        evaluate_offline(make_cfg("mode=evaluate", f"checkpoint={tmp_path / 'old.pt'}"), tmp_path / "out")
+        evaluate(command + ["mode=evaluate", f"checkpoint={tmp_path / 'old.pt'}"])
     assert not (tmp_path / "out").exists()  # nothing written for a refused checkpoint
 
 
-def test_evaluate_mode_keeps_the_checkpoints_protocol_unless_told(make_cfg, tmp_path):
+def test_evaluate_mode_keeps_the_checkpoints_protocol_unless_told(make_cfg, smoke_overrides, tmp_path):
     """Evaluating a checkpoint reproduces its run: the run's eval sizes, not this command's defaults."""
-    from tasks.checkpoint import save_checkpoint
-    from app.offline_eval import models_to_evaluate
     from app.federation import build_layout
+    from app.offline import evaluation_setup
+    from tasks.common.checkpoint import save_checkpoint
 
     run_command = ["experiment=smoke", "strategy=fedu", "eval.bank_size=300", "eval.knn_k=7"]
     trained = make_cfg(*run_command[1:])
@@ -150,8 +150,7 @@ def test_evaluate_mode_keeps_the_checkpoints_protocol_unless_told(make_cfg, tmp_
     layout, init = build_layout(trained)
     ckpt = save_checkpoint(tmp_path / "c.pt", trained, layout.keys, {"global": init}, 2)
     cfg = make_cfg("mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true")
-    cfg["command_line"] = ["mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true"]
-    run_cfg, models = models_to_evaluate(cfg)
+    run_cfg, models, _ = evaluation_setup(smoke_overrides + ["mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true"])
     assert run_cfg["eval"]["bank_size"] == 300 and run_cfg["eval"]["knn_k"] == 7 and run_cfg["eval"]["semi"] is True
     assert run_cfg["strategy"]["name"] == "fedu" and run_cfg["output_dir"] == cfg["output_dir"]
     assert all(np.array_equal(a, b) for a, b in zip(models["global"], init))

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from tasks.methods.base import momentum_update
-from tasks.methods.byol import BYOL, regression_loss, tau_at
-from tasks.train import round_lr
+from tasks.common.training import round_lr
+from tasks.ssl.methods.base import momentum_update
+from tasks.ssl.methods.byol import BYOL, regression_loss, tau_at
 
 
 def test_regression_loss_matches_hand_computation():
@@ -25,7 +25,7 @@ def test_byol_loss_is_symmetric_sum_and_stops_gradient_at_target():
     m = BYOL(arch="resnet10", width=0.125, proj_hidden=8, proj_dim=4, pred_hidden=8)
     m.train()
     v1, v2 = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
-    loss = m.loss(v1, v2)
+    loss = m.loss([v1, v2], torch.Generator())
     p1, p2 = m.predictor(m.online(v1)), m.predictor(m.online(v2))
     with torch.no_grad():
         z1, z2 = m.target(v1), m.target(v2)

@@ -6,8 +6,15 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from app.federation import build_layout, make_client_fn
-from clients.ssl_client import STATE_WEIGHTS, LayoutMismatch, SSLClient
+from app.federation import build_client, build_layout, make_client_fn
+from app.simulation import preflight
+from clients.task_client import STATE_WEIGHTS
+from tasks.common.local import LayoutMismatch
+
+
+def told(cfg, pid, server_round=1):
+    """The fit config the run's real strategy sends client `pid` (what it is told, and nothing else)."""
+    return preflight(cfg).strategy.instructions(server_round, pid).to_config()
 
 
 def part(sd, prefix):
@@ -27,10 +34,11 @@ def test_target_and_local_predictor_survive_three_rounds(make_cfg, spy):
     cfg = make_cfg("strategy=fedu", "num_clients=3")
     layout, init = build_layout(cfg)
     state = RecordDict()
-    conf = {"layout": layout.fingerprint, "replace": True}
+    conf = told(cfg, 1)
+    assert conf["keep_optional"] is True  # FedU under DAPU: the client keeps its own predictor
 
     # round 1: first participation; target starts as a copy of the received online encoder
-    out1, n1, m1 = SSLClient(cfg, 1, state).fit(init, {**conf, "server_round": 1, "adopt_global_predictor": True})
+    out1, n1, m1 = build_client(cfg, 1, state).fit(init, {**conf, "server_round": 1, "adopt_global_predictor": True})
     assert n1 == 64 and m1["partition_id"] == 1 and np.isfinite(m1["loss"])
     start1 = spy[0]
     assert same(part(start1, "target.backbone"), {k.replace("online", "target", 1): v
@@ -41,7 +49,7 @@ def test_target_and_local_predictor_survive_three_rounds(make_cfg, spy):
 
     # round 2: a new client object; the server says keep the local predictor
     glob2 = perturbed(out1, 2)
-    _, _, m2 = SSLClient(cfg, 1, state).fit(glob2, {**conf, "server_round": 2, "adopt_global_predictor": False})
+    _, _, m2 = build_client(cfg, 1, state).fit(glob2, {**conf, "server_round": 2, "adopt_global_predictor": False})
     start2 = spy[1]
     assert same(part(start2, "target."), part(stored, "target."))  # carried over, not replaced
     assert same(part(start2, "predictor."), part(stored, "predictor."))  # local predictor kept
@@ -53,7 +61,7 @@ def test_target_and_local_predictor_survive_three_rounds(make_cfg, spy):
 
     # round 3: the server says adopt the global predictor
     glob3 = perturbed(out1, 3)
-    _, _, m3 = SSLClient(cfg, 1, state).fit(glob3, {**conf, "server_round": 3, "adopt_global_predictor": True})
+    _, _, m3 = build_client(cfg, 1, state).fit(glob3, {**conf, "server_round": 3, "adopt_global_predictor": True})
     glob3_sd = dict(zip(layout.keys, glob3))
     assert all(np.array_equal(spy[2][k].numpy(), glob3_sd[k]) for k in layout.keys if k.startswith("predictor."))
     assert same(part(spy[2], "target."), part(stored2, "target."))
@@ -65,10 +73,11 @@ def test_standalone_client_ignores_later_server_weights(make_cfg, spy):
     cfg = make_cfg("strategy=standalone", "num_clients=2")
     layout, init = build_layout(cfg)
     state = RecordDict()
-    conf = {"layout": layout.fingerprint, "adopt_global_predictor": True}
-    SSLClient(cfg, 0, state).fit(init, {**conf, "server_round": 1, "replace": True})
+    conf = told(cfg, 0)
+    assert conf["keep_everything"] is True
+    build_client(cfg, 0, state).fit(init, {**conf, "server_round": 1, "replace": True})
     stored = state[STATE_WEIGHTS].to_torch_state_dict()
-    SSLClient(cfg, 0, state).fit([], {**conf, "server_round": 2, "replace": False})
+    build_client(cfg, 0, state).fit([], {**conf, "server_round": 2, "replace": False})
     assert same(part(spy[1], "online."), part(stored, "online."))
 
 
@@ -77,7 +86,7 @@ def test_fedbyol_client_keeps_no_predictor_of_its_own(make_cfg, spy):
     cfg = make_cfg("strategy=fedbyol", "num_clients=2")
     layout, init = build_layout(cfg)
     state = RecordDict()
-    SSLClient(cfg, 0, state).fit(init, {"layout": layout.fingerprint, "server_round": 1, "replace": True})
+    build_client(cfg, 0, state).fit(init, told(cfg, 0))
     assert {k.split(".")[0] for k in state[STATE_WEIGHTS].to_torch_state_dict()} == {"target"}
 
 
@@ -85,7 +94,7 @@ def test_layout_mismatch_is_refused(make_cfg):
     cfg = make_cfg()
     layout, init = build_layout(cfg)
     with pytest.raises(LayoutMismatch, match="client 0, round 1"):
-        SSLClient(cfg, 0, RecordDict()).fit(init, {"server_round": 1, "layout": "0000"})
+        build_client(cfg, 0, RecordDict()).fit(init, {"server_round": 1, "layout": "0000"})
 
 
 def test_client_app_reads_partition_id_from_node_config(make_cfg):

@@ -9,11 +9,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from app.certificates import make_node_key, make_tls
-from app.local_federation import REFUSED, FederationError, LocalFederation, main
-from app.processes import alive, descendants
-from tasks.data import DataError
-from tasks.local_data import load_local_images, local_images
+from ops.certificates import make_node_key, make_tls
+from ops.local_federation import REFUSED, FederationError, LocalFederation, main
+from ops.processes import alive, descendants
+from tasks.common.data import DataError
+from tasks.common.local_data import load_local_images, local_images
 
 
 def _all_pids(fed: LocalFederation) -> list[int]:

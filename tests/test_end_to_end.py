@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.checkpoint import load_checkpoint
+from tasks.common.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
 

@@ -5,12 +5,13 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from app.federation import build_layout
-from clients.ssl_client import SSLClient
+from app.federation import build_client, build_layout
+from app.simulation import preflight
 from strategies import FedEMA
-from tasks.fedema import ema_mix
-from tasks.methods.byol import BYOL
-from tasks.wire import divergence_layers, get_arrays, upload_keys
+from tasks.common.arrays import get_arrays
+from tasks.ssl.fedema import ema_mix
+from tasks.ssl.methods.byol import BYOL
+from tasks.ssl.model import divergence_layers, upload_keys
 from tests.test_strategy import make, result, upd
 
 
@@ -38,12 +39,13 @@ def test_client_mixes_resets_after_skipping_and_keeps_lambda(make_cfg, spy):
     cfg = make_cfg("strategy=fedema", "num_clients=2", "num_rounds=10")
     layout, init = build_layout(cfg)
     state = RecordDict()
-    conf = {"layout": layout.fingerprint, "replace": True, "adopt_global_predictor": True}
-    out1, _, m1 = SSLClient(cfg, 0, state).fit(init, {**conf, "server_round": 1})
+    conf = preflight(cfg).strategy.instructions(1, 0).to_config()  # what FedEMA tells its clients
+    assert (conf["mix"], conf["mix_tau"], conf["keep_everything"]) == ("ema", 0.7, True)
+    out1, _, m1 = build_client(cfg, 0, state).fit(init, {**conf, "server_round": 1})
     assert "ema_mu" not in m1  # first participation: takes the global model
     # skipped round 2: round 3 takes the global model and resets the target to it
     glob = [a * 0.5 if a.dtype.kind == "f" else a for a in out1]
-    _, _, m3 = SSLClient(cfg, 0, state).fit(glob, {**conf, "server_round": 3})
+    _, _, m3 = build_client(cfg, 0, state).fit(glob, {**conf, "server_round": 3})
     assert m3["ema_mixing"] == "reset"
     start = seen[-1]
     for k, g in zip(layout.keys, glob):
@@ -51,10 +53,10 @@ def test_client_mixes_resets_after_skipping_and_keeps_lambda(make_cfg, spy):
             assert np.array_equal(start[k].numpy(), g)
             assert torch.equal(start[k.replace("online.", "target.", 1)], start[k])
     # round 4 right after: the first real mixing gets mu = tau, and lambda is remembered
-    _, _, m4 = SSLClient(cfg, 0, state).fit(glob, {**conf, "server_round": 4})
+    _, _, m4 = build_client(cfg, 0, state).fit(glob, {**conf, "server_round": 4})
     assert m4["ema_mu"] == pytest.approx(0.7) and m4["ema_lambda"] > 0
     assert dict(state["fedssl.client_info"])["ema_lambda"] == pytest.approx(m4["ema_lambda"])
-    _, _, m5 = SSLClient(cfg, 0, state).fit(glob, {**conf, "server_round": 5})
+    _, _, m5 = build_client(cfg, 0, state).fit(glob, {**conf, "server_round": 5})
     assert m5["ema_lambda"] == pytest.approx(m4["ema_lambda"])
     assert m5["ema_mu"] == pytest.approx(min(m5["ema_lambda"] * m5["ema_divergence"], 1.0))
 

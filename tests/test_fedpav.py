@@ -11,15 +11,18 @@ from flwr.app import RecordDict
 from flwr.common import parameters_to_ndarrays
 from PIL import Image
 
-import clients.reid_client as reid_client
-from app.federation import build_layout
-from strategies import FedPav, ServerHooks
-from tasks.data import DataError
-from tasks.reid import build_reid_net, classifier_keys, cosine_distance_weight, distill, distillation_target, embeddings
-from tasks.reid_data import client_eval, client_train, num_identities, parse_market_name, proxy_plan, read_market_split
-from tasks.retrieval import retrieval_metrics
-from tests.test_strategy import FakeProxy, result
+import tasks.reid.local as reid_local
+from app.federation import build_client, build_layout
+from protocol.hooks import ServerHooks
+from strategies import FedPav
+from tasks.common.data import DataError
+from tasks.reid.data import client_eval, client_train, num_identities, parse_market_name, proxy_plan, read_market_split
+from tasks.reid.distill import distill, distillation_target
+from tasks.reid.model import build_reid_net, classifier_keys, embeddings
+from tasks.reid.retrieval import retrieval_metrics
+from tasks.reid.train import cosine_distance_weight
 from tests.test_end_to_end import run_main
+from tests.test_strategy import FakeProxy, result
 
 
 def _at(*degrees):
@@ -107,15 +110,15 @@ def test_the_classifier_never_leaves_the_client_and_survives_rounds(make_cfg, mo
     layout, initial = build_layout(cfg)
     assert not [k for k in layout.keys if k.startswith("classifier")]
     seen = []
-    real = reid_client.train_local
+    real = reid_local.train_local
 
     def spy(net, *args, **kw):
         seen.append(net.classifier.weight.detach().clone())
         return real(net, *args, **kw)
 
-    monkeypatch.setattr(reid_client, "train_local", spy)
+    monkeypatch.setattr(reid_local, "train_local", spy)
     state = RecordDict()
-    client = reid_client.ReIDClient(cfg, 1, state)
+    client = build_client(cfg, 1, state)
     config = {"server_round": 1, "layout": layout.fingerprint, "replace": True, "cdw": True}
     arrays, n, metrics = client.fit(initial, config)
     assert [a.shape for a in arrays] == [tuple(s) for s in layout.shapes]  # the shared part only
@@ -126,7 +129,7 @@ def test_the_classifier_never_leaves_the_client_and_survives_rounds(make_cfg, mo
     trained = kept["classifier.weight"].clone()
     assert not torch.equal(trained, seen[0])  # it trained
     other = [a + 0.01 for a in arrays]  # a new global model arrives ...
-    reid_client.ReIDClient(cfg, 1, state).fit(other, dict(config, server_round=2))
+    build_client(cfg, 1, state).fit(other, dict(config, server_round=2))
     assert torch.equal(seen[1], trained)  # ... and the client re-attaches its own classifier to it
     # another client has its own classifier size and initialisation
     other_net = build_reid_net(cfg, num_identities(cfg, 2), 2)
@@ -142,7 +145,7 @@ def test_cosine_distance_weight_and_fedpav_aggregation_by_hand():
         records = []
         hooks = ServerHooks(evaluate=lambda r, m, f: {"final": f}, report=records.append,
                             save_checkpoint=lambda m, r: "c")
-        from strategies import Layout
+        from protocol.layout import Layout
 
         layout = Layout(keys=["backbone.w"], shapes=[(2,)], fingerprint="f")
         return FedPav(layout=layout, hooks=hooks, initial_arrays=[np.zeros(2, np.float32)], num_rounds=2,
@@ -221,3 +224,19 @@ def test_re_id_config_mistakes_are_refused_before_training(make_cfg):
         preflight(make_cfg("strategy=fedpav", "dataset=cifar100_reid", "strategy.kd_every=0"))
     with pytest.raises(DataError, match="re-ID folder /nonexistent/bounding_box_train does not exist"):
         preflight(make_cfg("strategy=fedpav", "dataset=reid_folders", "num_clients=1", "dataset.roots=[/nonexistent]"))
+
+
+def test_the_spec_form_of_distillation_trains_the_raw_embedding(make_cfg):
+    """reid.kd_form=spec: MSE(student(x), t(x)) on the raw embedding (SPEC §5 as written), plain SGD;
+    the default compares the L2-normalised embedding. Each form's loss falls pass after pass, and the
+    raw form's is on the raw embedding's scale (a unit-variance BatchNorm output against t(x) of norm <= 1)."""
+    public = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    losses = {}
+    for form in ("spec", "normalised"):
+        cfg = make_cfg("strategy=fedpav", "dataset=cifar100_reid", "reid.kd_lr=0.05", "reid.kd_batch_size=16",
+                       f"reid.kd_form={form}")
+        student, teachers = build_reid_net(cfg), [build_reid_net(dict(cfg, seed=seed)) for seed in (1, 2)]
+        losses[form] = [distill(student, teachers, public, cfg["reid"], torch.device("cpu"),
+                                torch.Generator().manual_seed(0)) for _ in range(4)]
+        assert losses[form][-1] < losses[form][0]
+    assert losses["spec"][0] > 10 * losses["normalised"][0]

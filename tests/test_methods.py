@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.methods import build_method
-from tasks.methods.contrastive import MoCo, moco_infonce, negative_cosine, nt_xent, sinkhorn
-from tasks.train import train_one_round
-from tasks.wire import kept_keys, upload_keys
+from tasks.common.losses import negative_cosine, sinkhorn
+from tasks.ssl.methods import build_method
+from tasks.ssl.methods.moco import MoCo, moco_infonce
+from tasks.ssl.methods.simclr import nt_xent
+from tasks.ssl.model import kept_keys, upload_keys
+from tasks.ssl.train import train_one_round
 
 TINY = {"arch": "resnet10", "width": 0.125}
 
@@ -96,8 +98,44 @@ def test_each_method_trains_one_round(name):
         assert not torch.equal(before["key.backbone.conv1.weight"], m.state_dict()["key.backbone.conv1.weight"])
 
 
-def test_fedu_refuses_a_method_other_than_byol():
-    from app.config import ConfigError, compose, to_plain, validate
+def test_fedu_refuses_a_method_other_than_byol(make_cfg):
+    from app.config import ConfigError
+    from app.simulation import preflight
 
     with pytest.raises(ConfigError, match="strategy=fedu is defined for BYOL"):
-        validate(to_plain(compose(["ssl=simclr"])))
+        preflight(make_cfg("ssl=simclr"))
+
+
+def test_shuffling_bn_normalises_keys_with_other_samples_than_their_queries():
+    """MoCo's shuffling BN on one device (SPEC §1.2): with a BatchNorm-only encoder, queries are
+    normalised per sub-batch of the batch's order, keys per sub-batch of a shuffled order (by hand)."""
+    from tasks.ssl.methods.moco import shuffled_forward, split_forward
+
+    bn = torch.nn.BatchNorm1d(1, affine=False).train()
+    x = torch.arange(8, dtype=torch.float32).view(8, 1)
+
+    def normalised(v):
+        return (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + bn.eps)
+
+    queries = split_forward(bn, x, 2)
+    assert torch.allclose(queries, torch.cat([normalised(x[:4]), normalised(x[4:])]))
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    keys = shuffled_forward(bn, x, 2, torch.Generator().manual_seed(3))
+    halves = [perm[:4], perm[4:]]
+    for i in range(8):
+        mine = next(h for h in halves if i in h)
+        assert torch.allclose(keys[i], normalised(x[mine])[(mine == i).nonzero()[0, 0]])
+    assert not torch.allclose(keys, queries)  # a key's statistics come from other samples than its query's
+    assert torch.equal(split_forward(bn, x, 1), bn(x)) and torch.equal(shuffled_forward(bn, x, 1, None), bn(x))
+
+
+def test_moco_with_one_split_is_plain_batchnorm_and_with_two_depends_on_the_shuffle():
+    torch.manual_seed(0)
+    m = MoCo(**TINY, proj_dim=8, queue_size=32, shuffle_bn_splits=1)
+    m.init_local_parts({"online"})
+    views = [torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)]
+    one = m.loss(views, torch.Generator().manual_seed(0))
+    assert one.item() == pytest.approx(m.loss(views, torch.Generator().manual_seed(1)).item())
+    m.splits = 2
+    a, b = (m.loss(views, torch.Generator().manual_seed(s)).item() for s in (0, 1))
+    assert a != pytest.approx(b) and a != pytest.approx(one.item())

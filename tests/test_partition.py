@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks.partition import PartitionError, make_partition
+from tasks.common.partition import PartitionError, make_partition
 
 LABELS10 = np.repeat(np.arange(10), 50)
 LABELS100 = np.repeat(np.arange(100), 30)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.processes import free_port, stop_processes
+from ops.processes import free_port, stop_processes
 from tests.conftest import ROOT
 
 RAY = str(Path(sys.executable).with_name("ray"))

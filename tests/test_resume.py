@@ -13,10 +13,10 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from app.config import compose, to_plain
 from app.resume import load_state, resumed_config, save_state
 from clients import state_store
-from tasks.checkpoint import CheckpointError, load_checkpoint
+from strategies import FedU
+from tasks.common.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import ROOT
 from tests.test_strategy import make, result, upd
-from strategies import FedU
 
 
 def main_py(tmp_path, data_dir, cache_dir, *overrides, out="run"):
@@ -90,6 +90,10 @@ def test_resume_refuses_a_different_strategy_and_a_corrupt_state(tmp_path):
     assert ok["num_rounds"] == 5 and ok["strategy"]["name"] == "fedu"
     with pytest.raises(CheckpointError, match="nothing left to run"):
         resumed_config(saved, ["num_rounds=2"])
+    old = dict(cfg, strategy={k: v for k, v in cfg["strategy"].items() if k not in ("tasks", "_target_")})
+    save_state(tmp_path / "old", 2, old, "f", [np.zeros(2)], {"participated": []}, {"rounds": []})
+    with pytest.raises(CheckpointError, match="saved by an earlier version of this project"):
+        resumed_config(load_state(tmp_path / "old"), [])
     (tmp_path / "state" / "server.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_state(tmp_path)

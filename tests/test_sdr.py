@@ -11,20 +11,13 @@ import torch
 from flwr.common import parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
 
-from strategies import FedSDR, Layout, ServerHooks
-from tasks.methods.contrastive import sinkhorn
-from tasks.sdr import (
-    SDRNet,
-    SDRSimSiam,
-    all_paths,
-    centroid_loss,
-    export_path,
-    load_backbone,
-    path_in_stage,
-    save_backbone,
-    stage_of_round,
-    train_sdr_round,
-)
+from protocol.hooks import ServerHooks
+from protocol.layout import Layout
+from strategies import FedSDR
+from tasks.common.losses import sinkhorn
+from tasks.sdr.model import SDRSimSiam
+from tasks.sdr.net import SDRNet, all_paths, export_path, load_backbone, save_backbone
+from tasks.sdr.train import centroid_loss, path_in_stage, stage_of_round, train_sdr_round
 from tests.conftest import ROOT
 from tests.test_strategy import FakeProxy, result
 
@@ -35,8 +28,9 @@ def small_net():
 
 
 def test_sinkhorn_assignments_have_the_required_marginals_and_train_the_centroids():
+    torch.manual_seed(0)  # was unseeded: about half of all draws need more than 50 iterations at eps 0.05
     scores = torch.rand(12, 4) * 2 - 1  # cosine similarities, as cluster_scores gives
-    u = sinkhorn(scores, epsilon=0.05, iterations=50)
+    u = sinkhorn(scores, epsilon=0.05, iterations=1000)
     assert torch.allclose(u.sum(1), torch.ones(12), atol=1e-5)  # each sample: one unit of assignment
     assert torch.allclose(u.sum(0), torch.full((4,), 3.0), atol=1e-2)  # equal-size clusters: N/K each
     feats = torch.randn(64, 8)
@@ -78,11 +72,11 @@ def test_paths_are_enumerated_and_a_path_uses_exactly_its_groups():
 
 def test_an_individual_group_is_averaged_only_over_the_clients_that_routed_to_it():
     # arrays: [shared weight (2,), block-0 conv rows: 1 shared row + group 0 row + group 1 row]
-    layout = Layout(keys=["heads.w", "net.blocks.0.conv1.weight"], shapes=[(2,), (3, 1)], fingerprint="f")
-    regions = [(1, 1, 2, 0, 0), (1, 2, 3, 0, 1)]
+    layout = Layout(keys=["heads.w", "net.blocks.0.conv1.weight"], shapes=[(2,), (3, 1)], fingerprint="f",
+                    regions=[(1, 1, 2, 0, 0), (1, 2, 3, 0, 1)], path_groups=[(0,), (1,)])
     hooks = ServerHooks(evaluate=lambda r, m, f: {"final": f}, report=lambda rec: None, save_checkpoint=lambda m, r: "")
     strategy = FedSDR(layout=layout, hooks=hooks, initial_arrays=[np.zeros(2, np.float32), np.zeros((3, 1), np.float32)],
-                      num_rounds=2, num_clients=3, regions=regions, path_groups=[(0,), (1,)])
+                      num_rounds=2, num_clients=3)
     cm = SimpleClientManager()
     proxies = [FakeProxy(f"n{k}", k) for k in range(3)]
     for p in proxies:
@@ -132,7 +126,7 @@ def test_the_exported_backbone_gives_the_features_of_its_path(tmp_path):
     assert backbone.groups == 1 and backbone.num_paths == 1
     assert torch.allclose(backbone(x), net(x, 6), atol=1e-5)
     (tmp_path / "bad.pt").write_bytes(b"truncated")
-    from tasks.checkpoint import CheckpointError
+    from tasks.common.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="corrupt or not a checkpoint"):
         load_backbone(tmp_path / "bad.pt")

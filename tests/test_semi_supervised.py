@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.evaluate import class_balanced_fraction, finetune_accuracy
-from tasks.models import build_backbone
+from tasks.common.evaluate import class_balanced_fraction, finetune_accuracy
+from tasks.common.models import build_backbone
 
 
 def test_label_sampler_is_class_balanced_seeded_and_not_the_first_images():
@@ -51,9 +51,9 @@ def test_finetuning_rejects_an_unknown_bn_mode():
 
 def test_evaluator_reports_semi_supervised_accuracy(make_cfg):
     from app.federation import build_layout
-    from tasks.representation import RepresentationEvaluator
+    from tasks.ssl.evaluator import RepresentationEvaluator
 
     cfg = make_cfg("eval.semi=true", "eval.semi_epochs=1", "eval.semi_fractions=[0.002]", "dataset=cifar10")
-    _, init = build_layout(cfg)
-    out = RepresentationEvaluator(cfg)(2, {"global": init}, True)
+    layout, init = build_layout(cfg)
+    out = RepresentationEvaluator(cfg, layout)(2, {"global": init}, True)
     assert 0 <= out["semi_0.2%"] <= 1 and "linear_accuracy" in out

@@ -13,7 +13,9 @@ from flwr.common import (
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from strategies import FedSSL, FedU, Layout, RunStopped, ServerHooks, Standalone
+from protocol.hooks import RunStopped, ServerHooks
+from protocol.layout import Layout
+from strategies import FedSSL, FedU, Standalone
 
 SHAPES = [(2, 2), (3,)]  # layer 0 is the "conv" used for divergence, layer 1 a predictor bias
 LAYOUT = Layout(keys=["online.backbone.conv1.weight", "predictor.0.bias"], shapes=SHAPES, fingerprint="f",
@@ -53,10 +55,10 @@ class Recorder:
         return ServerHooks(evaluate=evaluate, report=self.records.append, save_checkpoint=lambda m, r: "ckpt.pt")
 
 
-def make(cls, num_clients=3, **kw):
+def make(cls, num_clients=3, layout=LAYOUT, init=None, **kw):
     rec = Recorder()
-    init = [np.zeros(s, dtype=np.float32) for s in SHAPES]
-    strategy = cls(layout=LAYOUT, hooks=rec.hooks(), initial_arrays=init, num_rounds=3,
+    init = init if init is not None else [np.zeros(s, dtype=np.float32) for s in SHAPES]
+    strategy = cls(layout=layout, hooks=rec.hooks(), initial_arrays=init, num_rounds=3,
                    num_clients=num_clients, eval_every=1, **kw)
     cm = SimpleClientManager()
     proxies = [FakeProxy(f"node-{100 - k}", k) for k in range(num_clients)]  # node ids unrelated to pids

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.methods.byol import BYOL
-from tasks.wire import divergence_layers, kept_keys, upload_keys
+from tasks.ssl.methods.byol import BYOL
+from tasks.ssl.model import divergence_layers, kept_keys, upload_keys
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,158 @@
+"""The task registry: one row per task, the only place that knows which task a run trains.
+
+A row says, once, how to build the task's upload layout and initial weights, which local round
+its clients run (clients/task_client.py is the same Flower client for every task), which
+evaluator scores it, what it refuses before training, its config types and its headline metrics
+(console line, summary.json, closing line). Which row a run uses follows from what the config
+declares: the strategy lists the tasks it can run (`strategy.tasks`) and the dataset its kind
+(`dataset.kind`); the first of the strategy's tasks that trains on that kind is the run's task.
+
+Adding a task: a package under tasks/, a row here, its settings in conf/task/<name>.yaml (and its
+name in conf/config.yaml's task list), and the datasets/strategies that declare it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+
+import tasks.reid
+import tasks.sdr
+from app.config import CONF_DIR
+from protocol.checks import Choice, ConfigError, ListOf, Text
+from protocol.fields import Metric, Series, TaskMetrics
+from protocol.layout import Layout
+from tasks.common.federated_data import check_partitions
+from tasks.common.local import LocalResult, LocalRound
+from tasks.reid.data import check_reid_data
+from tasks.reid.distill import make_distill
+from tasks.reid.evaluator import ReIDEvaluator
+from tasks.reid.local import local_round as reid_round
+from tasks.reid.model import reid_layout
+from tasks.sdr.evaluator import SDREvaluator
+from tasks.sdr.local import local_round as sdr_round
+from tasks.sdr.model import sdr_layout
+from tasks.sdr.route import route as sdr_route
+from tasks.ssl.evaluator import RepresentationEvaluator
+from tasks.ssl.local import local_round as ssl_round
+from tasks.ssl.methods import METHODS
+from tasks.ssl.model import LAYOUT_OPTIONS, ssl_layout
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task's row.
+
+    data_kind: the `dataset.kind` it trains on.
+    layout(cfg, options) -> (upload Layout, initial global arrays), built the way clients build it.
+    local_round: one client's round (tasks/<task>/local.py).
+    evaluator(cfg, layout) -> the strategy's evaluate hook.
+    preflight(cfg): raises what it refuses before training (data, sizes, combinations).
+    metrics: what its evaluations report (console, summary.json, closing line).
+    config: the types of its own config keys (protocol.checks specs).
+    layout_options(cfg): the settings that shape its upload (sent to clients in their instructions).
+    server_hooks(cfg): extra torch services for strategies (e.g. distill).
+    route: mode=route for a task whose models have sub-networks, else None.
+    """
+
+    name: str
+    data_kind: str
+    layout: Callable[[dict, dict], tuple[Layout, list]]
+    local_round: Callable[[LocalRound], LocalResult]
+    evaluator: Callable[[dict, Layout], Callable]
+    preflight: Callable[[dict], None]
+    metrics: TaskMetrics
+    config: dict = field(default_factory=dict)
+    layout_options: Callable[[dict], dict] = lambda cfg: {}
+    server_hooks: Callable[[dict], dict] = lambda cfg: {}
+    route: Callable | None = None
+
+
+REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"))
+KNN_HISTORY = Series("knn", (("accuracy", "knn_accuracy"),))
+
+
+def _ssl_options(cfg: dict) -> dict:
+    return {k: cfg["strategy"][k] for k in LAYOUT_OPTIONS if k in cfg["strategy"]}
+
+
+def _ssl_preflight(cfg: dict) -> None:
+    methods = cfg["strategy"].get("methods")
+    if methods and cfg["ssl"]["name"] not in methods:
+        others = [s for s, node in strategy_nodes().items() if "ssl" in node.get("tasks", []) and not node.get("methods")]
+        raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for {' or '.join(m.upper() for m in methods)} "
+                          f"(ssl={' or ssl='.join(methods)}); run ssl={cfg['ssl']['name']} with {_alternatives('strategy', others)}")
+    check_partitions(cfg)
+
+
+def _sdr_preflight(cfg: dict) -> None:
+    tasks.sdr.check_sizes(cfg)
+    check_partitions(cfg)
+
+
+TASKS = {
+    "ssl": Task(
+        "ssl", "images", ssl_layout, ssl_round, RepresentationEvaluator, _ssl_preflight,
+        TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"),), series=KNN_HISTORY),
+        config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, layout_options=_ssl_options),
+    "reid": Task(
+        "reid", "reid", reid_layout, reid_round, ReIDEvaluator,
+        lambda cfg: check_reid_data(cfg, needs_public=bool(cfg["strategy"].get("kd"))),
+        TaskMetrics(headline=(Metric("rank1", "rank-1"), Metric("mAP", "mAP")),
+                    final=(Metric("rank5", "rank-5"), Metric("rank10", "rank-10")),
+                    series=Series("retrieval", (("rank1", "rank1"), ("mAP", "mAP")), per_client=True)),
+        config=tasks.reid.CONFIG, server_hooks=lambda cfg: {"distill": make_distill(cfg)}),
+    "sdr": Task(
+        "sdr", "images", sdr_layout, sdr_round, SDREvaluator, _sdr_preflight,
+        TaskMetrics(headline=REPRESENTATION, final=(Metric("mean_path_knn", "mean path kNN"),), series=KNN_HISTORY),
+        config=tasks.sdr.CONFIG, route=sdr_route),
+}
+
+# strategy.* keys that describe the strategy to this registry, not arguments of its constructor
+STRATEGY_META = {"strategy._target_": Text(), "strategy.name": Text(),
+                 "strategy.tasks": ListOf(item=Choice(options=tuple(TASKS)), min_length=1),
+                 "strategy.methods": ListOf(item=Choice(options=tuple(METHODS)))}
+
+
+def not_constructor_args() -> set[str]:
+    """Keys of a strategy node that its constructor does not take (meta keys, tasks' layout options)."""
+    keys = {k.split(".", 1)[1] for k in STRATEGY_META if k != "strategy.name"}
+    for task in TASKS.values():
+        keys |= {k.split(".", 1)[1] for k in task.config if k.startswith("strategy.")}
+    return keys
+
+
+def task_of(cfg: dict) -> Task:
+    """The run's task: the first of the strategy's tasks that trains on the dataset's kind."""
+    strategy, dataset = cfg["strategy"], cfg["dataset"]
+    declared = [TASKS[t] for t in strategy["tasks"]]
+    for task in declared:
+        if task.data_kind == dataset["kind"]:
+            return task
+    kinds = sorted({t.data_kind for t in declared})
+    by_strategy = [s for s, node in strategy_nodes().items()
+                   if any(TASKS[t].data_kind == dataset["kind"] for t in node.get("tasks", []))]
+    by_dataset = [d for d, node in dataset_nodes().items() if node.get("kind") in kinds]
+    use_strategy = (f"{_alternatives('strategy', by_strategy)}", f"with dataset={dataset['name']}")
+    use_dataset = (f"{_alternatives('dataset', by_dataset)}", f"with strategy={strategy['name']}")
+    first, second = sorted([use_strategy, use_dataset], key=lambda u: u[0].count("="))
+    raise ConfigError(
+        f"strategy={strategy['name']} trains task {' or '.join(strategy['tasks'])} on data sets of kind "
+        f"{' or '.join(kinds)}; dataset={dataset['name']} is of kind {dataset['kind']}. "
+        f"Use {first[0]} ({first[1]}), or {second[0]} ({second[1]})")
+
+
+def _alternatives(group: str, options: list[str]) -> str:
+    names = [f"{group}={o}" for o in options]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1] if names else f"another {group}"
+
+
+def strategy_nodes() -> dict[str, dict]:
+    """conf/strategy/<name>.yaml as plain dicts, by name (for suggestions in messages)."""
+    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "strategy").glob("*.yaml"))}
+
+
+def dataset_nodes() -> dict[str, dict]:
+    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "dataset").glob("*.yaml"))}

@@ -1,0 +1,59 @@
+"""The types of every config key, and the checks that run before anything starts.
+
+The run's own keys are declared here; each task's section, the shared evaluation, partition,
+model and dataset keys are declared where they are used (their modules' CONFIG) and gathered
+here; an SSL method checks its own arguments (tasks/ssl/methods), a strategy its constructor's.
+`validate` refuses a wrong value with the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+from app.registry import STRATEGY_META, TASKS, task_of
+from protocol.checks import AnyOf, Bool, Choice, ConfigError, Float, Int, ListOf, Matches, Text, conform
+from tasks.common import data, evaluate, models, partition
+from tasks.ssl.methods import HEAD_CONFIG, TRAINING_CONFIG
+
+PAIRS = ListOf(item=ListOf(item=Int(), length=2), description="a list of [partition_id, round] pairs")
+
+RUN = {
+    "num_clients": Int(min=1), "num_rounds": Int(min=1), "local_epochs": Int(min=1), "batch_size": Int(min=1),
+    "fraction_fit": Float(above=0, max=1), "min_fit_clients": Int(min=1), "examples_per_client": Int(min=1, null=True),
+    "seed": Int(min=0), "data_dir": Text(), "data_download": Bool(), "cache_dir": Text(),
+    "device": Matches(pattern=r"auto|cpu|cuda(:\d+)?", description="auto, cpu, cuda or cuda:N"),
+    "output_dir": Text(null=True), "eval_every": Int(min=0), "norm_bound": Float(above=0, null=True),
+    "round_timeout": Float(above=0, null=True, unit="seconds"), "checkpoint_every": Int(min=0),
+    "resume": Text(null=True), "mode": Choice(options=("train", "route", "evaluate")), "checkpoint": Text(null=True),
+    "faults.client_raise": PAIRS, "faults.client_hang": PAIRS, "faults.hang_seconds": Float(min=0),
+    "faults.nan_update": PAIRS, "faults.wrong_shape_update": PAIRS, "faults.exit_after_round": Int(min=1, null=True),
+    "client_resources.num_cpus": AnyOf(specs=(Choice(options=("auto",)), Int(min=1))),
+    "client_resources.num_gpus": AnyOf(specs=(Choice(options=("auto",)), Float(min=0))),
+    "ray.address": Text(null=True), "wandb.mode": Choice(options=("offline", "online", "disabled")),
+    "wandb.project": Text(), "wandb.entity": Text(null=True), "wandb.name": Text(null=True),
+    "wandb.group": Text(null=True), "wandb.tags": ListOf(item=Text()),
+    # added by the commands themselves, not by conf/
+    "command_line": ListOf(item=Text()), "client_state_dir": Text(), "centralised_from_clients": Int(min=1),
+    "local_data": Text(),
+}
+
+
+def all_specs() -> dict:
+    """Every key's spec except SSL methods' own arguments and strategies' constructor arguments."""
+    specs = {**RUN, **STRATEGY_META, **evaluate.CONFIG, **partition.CONFIG, **models.CONFIG, **data.CONFIG,
+             **{f"ssl.{k}": spec for k, spec in {**TRAINING_CONFIG, **HEAD_CONFIG}.items()}}
+    for task in TASKS.values():
+        specs.update(task.config)
+    return specs
+
+
+def validate(cfg: dict) -> None:
+    """Types and ranges of every key, then the checks that relate keys to each other."""
+    conform(cfg, all_specs())  # an SSL method's own ssl.* keys: the method checks them (tasks/ssl/methods)
+    per_round = max(1, round(cfg["num_clients"] * float(cfg["fraction_fit"])))
+    if not cfg["min_fit_clients"] <= per_round:
+        raise ConfigError(f"min_fit_clients must be in [1, {per_round}] (clients sampled per round), "
+                          f"got {cfg['min_fit_clients']!r}")
+    epc = cfg.get("examples_per_client")
+    if epc is not None and epc < cfg["batch_size"]:
+        raise ConfigError(f"examples_per_client must be null or an integer >= batch_size ({cfg['batch_size']}), "
+                          f"got {epc!r}")
+    task_of(cfg)  # the strategy can train on this dataset

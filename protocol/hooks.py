@@ -1,0 +1,33 @@
+"""The torch-side services a strategy is given, and how a run is stopped (DESIGN.md conv. 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol.weights import NDArrays
+
+
+class RunStopped(RuntimeError):
+    """The federation cannot continue; the message names the client, the round and the cause."""
+
+
+@dataclass
+class ServerHooks:
+    """What a strategy may ask of the rest of the run, NumPy in and NumPy out.
+
+    evaluate(round, models, final) -> metrics: `models` maps a name ("global" or a partition id)
+        to arrays in the upload layout; final=True asks for the end-of-run protocol too.
+    report(record): one round's record, for summary.json, the console line and W&B.
+    save_checkpoint(models, round) -> path of the final checkpoint written.
+    save_state(round, global arrays, strategy state): persist the federation after a round
+        (resume); called every `checkpoint_every` rounds and after the last one.
+    distill(student, teachers, round) -> (arrays, loss): server-side knowledge distillation
+        (FedPav, SPEC §5); None when the task has none.
+    """
+
+    evaluate: Callable[[int, dict[str, NDArrays], bool], dict]
+    report: Callable[[dict], None]
+    save_checkpoint: Callable[[dict[str, NDArrays], int], str]
+    save_state: Callable[[int, NDArrays, dict], None] = lambda rnd, arrays, state: None
+    distill: Callable[[NDArrays, list[NDArrays], int], tuple[NDArrays, float]] | None = None

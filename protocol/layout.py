@@ -1,0 +1,56 @@
+"""The upload layout: which arrays cross the wire, in which order, and how to check an update.
+
+Server and client derive the same layout from the same config and code (DESIGN.md conv. 4);
+its fingerprint travels in every round's instructions, so a client built from another config
+or code version refuses the weights instead of loading them into the wrong places.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.weights import NDArrays
+
+
+def keys_fingerprint(keys: Sequence[str], shapes: Sequence[Sequence[int]]) -> str:
+    """A short hash of the wire layout (key names and shapes, in order) both sides derive."""
+    text = ";".join(f"{k}:{tuple(s)}" for k, s in zip(keys, shapes))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Layout:
+    """The wire layout of an upload.
+
+    keys, shapes: the uploaded state_dict entries, in order.
+    fingerprint: keys_fingerprint(keys, shapes).
+    options: the settings that shaped it (e.g. SSL's sync and bn); sent to every client so that
+        it builds the same layout.
+    divergence_layers: positions of the backbone conv weights FedU's divergence reads (SPEC §2.3).
+    regions: (array index, first row, end row, block, group) of every SDR individual group's slice,
+        aggregated over the clients that trained that group (SPEC §6); path_groups[p] = path p's
+        group per block.
+    """
+
+    keys: list[str]
+    shapes: list[tuple[int, ...]]
+    fingerprint: str
+    options: dict = field(default_factory=dict)
+    divergence_layers: list[int] = field(default_factory=list)
+    regions: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    path_groups: list[tuple[int, ...]] = field(default_factory=list)
+
+    def check(self, arrays: NDArrays) -> str | None:
+        """Why `arrays` is not a valid update in this layout, or None if it is."""
+        if len(arrays) != len(self.keys):
+            return f"expected {len(self.keys)} arrays, got {len(arrays)}"
+        for key, shape, arr in zip(self.keys, self.shapes, arrays):
+            if tuple(arr.shape) != tuple(shape):
+                return f"{key}: shape {tuple(arr.shape)}, expected {tuple(shape)}"
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                return f"{key}: non-finite values"
+        return None

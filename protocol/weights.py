@@ -1,0 +1,71 @@
+"""Weight maths on lists of NumPy arrays, shared by strategies and clients (no torch here).
+
+Weighted average (FedAvg, SPEC §2.6), FedU's layer divergence and DAPU rule (SPEC §2.3), and
+FedEMA's mixing coefficient and mixture (SPEC §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+NDArrays = list[np.ndarray]
+
+
+def weighted_average(updates: Sequence[NDArrays], weights: Sequence[float]) -> NDArrays:
+    """sum_k w_k / sum_j w_j * W_k, layer by layer (SPEC §2.6), accumulated in float64.
+
+    Integer arrays (BatchNorm's num_batches_tracked) are averaged and rounded back.
+    The order of `updates` is the caller's: strategies pass them sorted by partition id so
+    that a rerun sums in the same order and gives the same bits.
+    """
+    if not updates:
+        raise ValueError("weighted_average: no updates")
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weighted_average: weights must be >= 0 with a positive sum, got {w.tolist()}")
+    w = w / w.sum()
+    out = []
+    for layer in zip(*updates):
+        acc = np.zeros(layer[0].shape, dtype=np.float64)
+        for wk, arr in zip(w, layer):
+            acc += wk * arr
+        dtype = layer[0].dtype
+        out.append(np.rint(acc).astype(dtype) if np.issubdtype(dtype, np.integer) else acc.astype(dtype))
+    return out
+
+
+def layer_divergence(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> float:
+    """FedU's divergence: mean over the chosen layers of ||W_l^a - W_l^b||_2 (SPEC §2.3)."""
+    if not layers:
+        raise ValueError("layer_divergence: no layers selected")
+    dists = [np.linalg.norm((a[i].astype(np.float64) - b[i].astype(np.float64)).ravel()) for i in layers]
+    return float(np.mean(dists))
+
+
+def dapu_adopts_global(divergence: float, mu: float) -> bool:
+    """Divergence-aware predictor update (SPEC §2.3): d_k < mu -> take the global predictor."""
+    return divergence < mu
+
+
+def ema_coefficients(divergence: float, tau: float, lam: float | None) -> tuple[float, float]:
+    """FedEMA (SPEC §3): (lambda_k, mu_k) with mu_k = min(lambda_k * d_k, 1); lambda_k = tau / d_k
+    at the client's first mixing (the autoscaler: its first mixing gets mu = tau), else the given one."""
+    if lam is None:
+        lam = tau / max(divergence, 1e-12)
+    return lam, min(lam * divergence, 1.0)
+
+
+def ema_mixture(local: NDArrays, global_arrays: NDArrays, mu: float) -> NDArrays:
+    """mu * W_local + (1 - mu) * W_global for floating arrays (float64 maths, original dtype);
+    integer arrays (BatchNorm's batch counters) take the global value."""
+    return [
+        (mu * lo.astype(np.float64) + (1 - mu) * g.astype(np.float64)).astype(lo.dtype)
+        if np.issubdtype(lo.dtype, np.floating) else np.asarray(g)
+        for lo, g in zip(local, global_arrays)
+    ]
+
+
+def nbytes(arrays: NDArrays) -> int:
+    return int(sum(a.nbytes for a in arrays))

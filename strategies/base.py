@@ -1,0 +1,238 @@
+"""FedSSL: the base every strategy of this project builds on, and plain FedAvg (SPEC §2.6).
+
+It averages a task's uploaded parts weighted by examples (`strategy=fedavg`; `strategy=centralised`
+is the same with one client holding everything). Subclasses change what a client is told
+(`instructions`), how updates are combined (`aggregate_updates`) and what is evaluated
+(`models_to_evaluate`). NumPy only: torch work is injected as ServerHooks (DESIGN.md conv. 2).
+
+Per-round protocol, shared by every strategy:
+- clients are identified by partition id (learned once through get_properties), sampled with
+  a generator seeded by (seed, round), and aggregated in partition-id order, so a rerun is
+  bit-identical;
+- every client gets its own Instructions in its fit config: nothing else tells it what to do;
+- every update is checked (count, shapes, finite values, norm bound) before it can be averaged in;
+- failures and rejected updates are recorded with who, round and why.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Sequence
+from logging import WARNING
+
+import numpy as np
+from flwr.common import (
+    FitIns,
+    FitRes,
+    GetPropertiesIns,
+    Parameters,
+    log,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from protocol.checks import Bool
+from protocol.hooks import RunStopped, ServerHooks
+from protocol.instructions import Instructions
+from protocol.layout import Layout
+from protocol.weights import NDArrays, weighted_average
+from strategies.failures import TrackedClient, error_text, failed_partition
+
+
+class FedSSL(FedAvg):
+    """Federated averaging of a task's uploaded parts, weighted by examples (SPEC §2.6).
+
+    pool_clients: one client holds what the federation would hold (strategy=centralised, the
+    upper bound): nothing would cross a network, so no traffic is counted.
+    """
+
+    CLIENT_FIELDS: tuple = ()  # protocol.fields.ClientField: per-client values this strategy records
+    ROUND_FIELDS: tuple = ()  # protocol.fields.RoundField: round-level values it records
+
+    def __init__(self, *, layout: Layout, hooks: ServerHooks, initial_arrays: NDArrays, num_rounds: int,
+                 num_clients: int, fraction_fit: float = 1.0, min_fit_clients: int = 1, eval_every: int = 10,
+                 eval_at_start: bool = False, seed: int = 0, norm_bound: float | None = None,
+                 checkpoint_every: int = 0, resume_from: dict | None = None, name: str = "fedavg",
+                 pool_clients: bool = False):
+        super().__init__(fraction_fit=fraction_fit, fraction_evaluate=0.0, min_fit_clients=min_fit_clients,
+                         min_evaluate_clients=0, min_available_clients=num_clients,
+                         initial_parameters=ndarrays_to_parameters(initial_arrays), accept_failures=True)
+        self.layout, self.hooks, self.name = layout, hooks, name
+        self.pool_clients = Bool().check(pool_clients, "strategy.pool_clients")
+        self.num_rounds, self.num_clients, self.seed = num_rounds, num_clients, seed
+        self.eval_every, self.eval_at_start, self.norm_bound = eval_every, eval_at_start, norm_bound
+        self.checkpoint_every = checkpoint_every
+        self.pid_of: dict[str, int] = {}  # Flower node id -> partition id
+        self.participated: set[int] = set()
+        self.record: dict = {}
+        self._round_start = time.perf_counter()
+        # Resume: Flower counts rounds from 1 again; `round_offset` maps them to the real ones.
+        self.round_offset = self.last_checkpoint = 0
+        if resume_from is not None:
+            self.round_offset = self.last_checkpoint = int(resume_from["round"])
+            self.load_state_dict(resume_from["strategy_state"])
+
+    # ---------------------------------------------------------------- state for resume
+    def state_dict(self) -> dict:
+        """Everything the strategy remembers across rounds, as plain Python/NumPy values.
+        Subclasses extend it; node ids are not kept (they change when a federation restarts)."""
+        return {"participated": sorted(self.participated)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.participated = set(int(p) for p in state["participated"])
+
+    # ---------------------------------------------------------------- client selection
+    def _learn_partition_ids(self, clients: Sequence[ClientProxy]) -> None:
+        unknown = [c for c in clients if c.cid not in self.pid_of]
+        if not unknown:
+            return
+
+        def ask(c: ClientProxy) -> tuple[str, int]:
+            res = c.get_properties(GetPropertiesIns(config={}), timeout=None, group_id=0)
+            return c.cid, int(res.properties["partition_id"])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for cid, pid in pool.map(ask, unknown):
+                self.pid_of[cid] = pid
+
+    def sample_clients(self, server_round: int, client_manager: ClientManager) -> list[ClientProxy]:
+        """Seeded choice by partition id: the same clients every rerun of the same round."""
+        client_manager.wait_for(self.min_available_clients)
+        clients = list(client_manager.all().values())
+        self._learn_partition_ids(clients)
+        clients.sort(key=lambda c: self.pid_of[c.cid])
+        n = max(1, min(len(clients), int(round(len(clients) * self.fraction_fit))))
+        rng = np.random.default_rng([self.seed, server_round])
+        chosen = np.sort(rng.choice(len(clients), size=n, replace=False))
+        return [clients[i] for i in chosen]
+
+    def instructions(self, server_round: int, pid: int) -> Instructions:
+        """What client `pid` is told this round; subclasses change what they decide."""
+        return Instructions(server_round=server_round, layout=self.layout.fingerprint,
+                            layout_options=dict(self.layout.options), resume_round=self.round_offset,
+                            checkpoint_every=self.checkpoint_every, last_checkpoint=self.last_checkpoint)
+
+    def sends_weights_to(self, pid: int) -> bool:
+        return True
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        server_round += self.round_offset
+        self._round_start = time.perf_counter()
+        chosen = self.sample_clients(server_round, client_manager)
+        empty = Parameters(tensors=[], tensor_type="numpy.ndarray")
+        instructions, sent = [], 0
+        for c in chosen:
+            pid = self.pid_of[c.cid]
+            params = parameters if self.sends_weights_to(pid) else empty
+            sent += sum(len(t) for t in params.tensors)
+            config = self.instructions(server_round, pid).to_config()
+            instructions.append((TrackedClient(c, pid), FitIns(params, config)))
+        self.record = {"round": server_round, "selected": sorted(self.pid_of[c.cid] for c in chosen),
+                       "bytes_sent": 0 if self.pool_clients else sent, "clients": {}, "failures": [], "rejected": []}
+        return instructions
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []  # representations are evaluated centrally (SPEC §4)
+
+    # ---------------------------------------------------------------- aggregation
+    def _reject(self, arrays: NDArrays, num_examples: int) -> str | None:
+        """Why an update cannot be averaged in, or None."""
+        why = self.layout.check(arrays)
+        if why is None and self.norm_bound is not None:
+            norm = float(np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays)))
+            if norm > self.norm_bound:
+                why = f"update norm {norm:.4g} exceeds norm_bound {self.norm_bound}"
+        if why is None and num_examples <= 0:
+            why = f"num_examples = {num_examples}"
+        return why
+
+    def _collect(self, server_round: int, results, failures) -> list[tuple[int, NDArrays, int, dict]]:
+        """Valid updates sorted by partition id; failures and rejections recorded."""
+        rec = self.record
+        received = sum(sum(len(t) for t in r.parameters.tensors) for _, r in results)
+        rec["bytes_received"] = 0 if self.pool_clients else received
+        for f in failures:
+            pid = failed_partition(f, self.pid_of)
+            rec["failures"].append({"partition_id": pid, "round": server_round, "error": error_text(f)})
+            log(WARNING, "round %s: client %s failed: %s", server_round, pid, error_text(f))
+        updates = []
+        for proxy, res in results:
+            metrics = dict(res.metrics)
+            pid = int(metrics.get("partition_id", self.pid_of.get(proxy.cid, -1)))
+            self.pid_of[proxy.cid] = pid
+            if "fatal_error" in metrics:
+                raise RunStopped(str(metrics["fatal_error"]))
+            arrays = parameters_to_ndarrays(res.parameters)
+            why = self._reject(arrays, res.num_examples)
+            if why is not None:
+                rec["rejected"].append({"partition_id": pid, "round": server_round, "reason": why})
+                log(WARNING, "round %s: update of client %s rejected: %s", server_round, pid, why)
+                continue
+            updates.append((pid, arrays, res.num_examples, metrics))
+            self.participated.add(pid)
+        updates.sort(key=lambda u: u[0])
+        for pid, _, n, metrics in updates:
+            rec["clients"][str(pid)] = {
+                "loss": float(metrics.get("loss", float("nan"))), "num_examples": int(n),
+                "train_seconds": float(metrics.get("train_seconds", 0.0)),
+                "images_per_second": float(metrics.get("images_per_second", 0.0)),
+            }
+        if len(updates) < max(1, self.min_fit_clients):
+            errors = "; ".join(f"client {f['partition_id']}: {f['error']}" for f in rec["failures"])
+            errors += "; ".join(f"client {r['partition_id']}: {r['reason']}" for r in rec["rejected"])
+            raise RunStopped(f"round {server_round}: only {len(updates)} valid updates, min_fit_clients is "
+                             f"{self.min_fit_clients} ({errors or 'no client answered'})")
+        losses = [(float(m.get("loss", np.nan)), n) for _, _, n, m in updates]
+        rec["train_loss"] = float(sum(l * n for l, n in losses) / sum(n for _, n in losses))
+        return updates
+
+    def aggregate_updates(self, server_round: int, updates) -> NDArrays:
+        return weighted_average([u[1] for u in updates], [u[2] for u in updates])
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
+        server_round += self.round_offset
+        try:
+            updates = self._collect(server_round, results, failures)
+            aggregated = self.aggregate_updates(server_round, updates)
+        except RunStopped as err:
+            self.record["fatal_error"] = str(err)
+            self.hooks.report(self.record)
+            raise
+        self.record["fit_seconds"] = time.perf_counter() - self._round_start
+        return ndarrays_to_parameters(aggregated), {"train_loss": self.record["train_loss"]}
+
+    # ---------------------------------------------------------------- evaluation and reports
+    def models_to_evaluate(self, global_arrays: NDArrays) -> dict[str, NDArrays]:
+        return {"global": global_arrays}
+
+    def evaluate(self, server_round: int, parameters: Parameters):
+        if server_round == 0 and self.round_offset > 0:
+            return None  # resumed: the starting point was evaluated in the interrupted run
+        server_round += self.round_offset
+        final = server_round == self.num_rounds
+        due = final or (server_round == 0 and self.eval_at_start) or (
+            server_round > 0 and self.eval_every > 0 and server_round % self.eval_every == 0)
+        record = self.record if server_round > 0 else {"round": 0}
+        persist = server_round > 0 and (
+            final or (self.checkpoint_every > 0 and server_round % self.checkpoint_every == 0))
+        arrays = parameters_to_ndarrays(parameters) if (due or persist) else []  # deserialised once
+        if due:
+            t0 = time.perf_counter()
+            record["eval"] = self.hooks.evaluate(server_round, self.models_to_evaluate(arrays), final)
+            record["eval_seconds"] = time.perf_counter() - t0
+        if final:
+            record["checkpoint"] = self.hooks.save_checkpoint(self.models_to_evaluate(arrays), server_round)
+        if server_round > 0:
+            record["wall_seconds"] = time.perf_counter() - self._round_start
+        if server_round > 0 or due:
+            self.hooks.report(record)
+        if persist:
+            self.hooks.save_state(server_round, arrays, self.state_dict())
+            self.last_checkpoint = server_round
+        if due:
+            return 0.0, {k: v for k, v in record["eval"].items() if isinstance(v, (int, float))}
+        return None

@@ -1,0 +1,47 @@
+"""Standalone, the lower bound (SPEC §2 baselines): every client trains alone; nothing is aggregated.
+
+The server sends the initial model to a client only on its first participation and tells it to
+keep its whole model; it keeps the latest upload of every client and evaluates each client's own
+model (SPEC §4: reported as the mean over clients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from protocol.instructions import Instructions
+from protocol.weights import NDArrays
+from strategies.base import FedSSL
+
+
+class Standalone(FedSSL):
+    def __init__(self, **kwargs):
+        self.latest: dict[int, NDArrays] = {}
+        super().__init__(**kwargs)
+        self.initial_arrays = [a.copy() for a in kwargs["initial_arrays"]]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "latest": {pid: arrays for pid, arrays in self.latest.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.latest = {int(pid): [np.asarray(a) for a in arrays] for pid, arrays in state["latest"].items()}
+
+    def instructions(self, server_round: int, pid: int) -> Instructions:
+        return dataclasses.replace(super().instructions(server_round, pid), replace=pid not in self.participated,
+                                   keep_everything=True)
+
+    def sends_weights_to(self, pid: int) -> bool:
+        return pid not in self.participated
+
+    def aggregate_updates(self, server_round: int, updates) -> NDArrays:
+        for pid, arrays, _, _ in updates:
+            self.latest[pid] = arrays
+        return self.initial_arrays  # what a client joining later starts from
+
+    def models_to_evaluate(self, global_arrays: NDArrays) -> dict[str, NDArrays]:
+        if not self.latest:
+            return super().models_to_evaluate(global_arrays)
+        return {str(pid): arrays for pid, arrays in sorted(self.latest.items())}

@@ -1,0 +1,1 @@
+"""Torch helpers every task shares: data, partitions, augmentations, models, evaluation, checkpoints."""

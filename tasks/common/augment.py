@@ -1,0 +1,165 @@
+"""Batched image augmentations on tensors (SPEC §1.1, FedU's reference recipe).
+
+RandomResizedCrop(32, scale 0.08-1.0), horizontal flip p=0.5, ColorJitter(0.8, 0.8, 0.8, 0.2)
+with p=0.8, grayscale p=0.2; no blur, no normalisation. Same distributions as torchvision's
+per-image transforms, computed for a whole batch at once on the training device (one
+grid_sample instead of a Python loop per image). Deliberate deviation: torchvision draws a new
+order of the four jitter operations per image; here the order is drawn once per batch.
+All randomness comes from the `generator` passed in, so a seeded run is reproducible.
+
+A method declares its views as a recipe, a tuple of `View`s (how many, which size and crop
+scale); `make_views` applies it. FedU's recipe is two 32x32 views of scale 0.08-1 (TWO_VIEWS);
+multi-crop methods add small views.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def crop_boxes(n: int, size: tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), g=None, tries: int = 10):
+    """Per-image crop boxes (top, left, height, width) drawn exactly like RandomResizedCrop."""
+    H, W = size
+    area = H * W
+    target = area * _uniform(n * tries, *scale, g).view(n, tries)
+    log_r = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), g).view(n, tries)
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+    first = torch.argmax(ok.int(), dim=1)
+    has = ok.any(dim=1)
+    w = w[torch.arange(n), first]
+    h = h[torch.arange(n), first]
+    # fallback (no valid try): whole image, which lies inside `ratio` for square inputs
+    w = torch.where(has, w, torch.full_like(w, W))
+    h = torch.where(has, h, torch.full_like(h, H))
+    top = torch.floor(torch.rand(n, generator=g) * (H - h + 1))
+    left = torch.floor(torch.rand(n, generator=g) * (W - w + 1))
+    return top, left, h, w
+
+
+def resized_crop_flip(x: torch.Tensor, out_size: int, g: torch.Generator, flip_p: float = 0.5, scale=(0.08, 1.0)):
+    """Crop a random box per image, resize it to out_size (bilinear) and flip with flip_p."""
+    n, _, H, W = x.shape
+    top, left, h, w = crop_boxes(n, (H, W), scale=scale, g=g)
+    flip = torch.rand(n, generator=g) < flip_p
+    sx = w / W * torch.where(flip, -1.0, 1.0)
+    sy = h / H
+    cx = (left + w / 2) / W * 2 - 1
+    cy = (top + h / 2) / H * 2 - 1
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    eq = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eq, ones, maxc)
+    crd = torch.where(eq, ones, cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(1, -1, 1, 1)
+    a1 = torch.stack((v, q, p, p, t, v), 1)
+    a2 = torch.stack((t, v, v, q, p, p), 1)
+    a3 = torch.stack((p, p, t, v, v, q), 1)
+    a4 = torch.stack((a1, a2, a3), 1)  # n, 3, 6, H, W
+    return torch.einsum("nijhw,njhw->nihw", a4, mask.to(x.dtype))
+
+
+def color_jitter(x: torch.Tensor, g: torch.Generator, strength=(0.8, 0.8, 0.8, 0.2), p: float = 0.8):
+    """ColorJitter(brightness, contrast, saturation, hue) applied to each image with probability p."""
+    n = x.shape[0]
+    bri, con, sat, hue = strength
+    apply = (torch.rand(n, generator=g) < p).float()
+
+    def factor(spread: float) -> torch.Tensor:
+        f = _uniform(n, max(0.0, 1 - spread), 1 + spread, g)
+        return (apply * f + (1 - apply)).to(x.device, x.dtype).view(n, 1, 1, 1)
+
+    fb, fc, fs = factor(bri), factor(con), factor(sat)
+    fh = (apply * _uniform(n, -hue, hue, g)).to(x.device, x.dtype).view(n, 1, 1)
+    for op in torch.randperm(4, generator=g).tolist():
+        if op == 0:
+            x = (x * fb).clamp(0, 1)
+        elif op == 1:
+            mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+            x = (x * fc + mean * (1 - fc)).clamp(0, 1)
+        elif op == 2:
+            x = (x * fs + _gray(x) * (1 - fs)).clamp(0, 1)
+        elif hue > 0:
+            hsv = _rgb_to_hsv(x)
+            hsv = torch.stack((torch.remainder(hsv[:, 0] + fh, 1.0), hsv[:, 1], hsv[:, 2]), 1)
+            x = _hsv_to_rgb(hsv)
+    return x
+
+
+def random_grayscale(x: torch.Tensor, g: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    use = (torch.rand(x.shape[0], generator=g) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(use, _gray(x).expand_as(x), x)
+
+
+def to_float(images_uint8_nhwc: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC batch -> float NCHW in [0, 1] on device (no normalisation, SPEC §1.1)."""
+    return images_uint8_nhwc.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass(frozen=True)
+class View:
+    """One augmented view: output size and RandomResizedCrop's scale range (SPEC §1.1 recipe)."""
+
+    size: int = 32
+    scale: tuple[float, float] = (0.08, 1.0)
+
+
+TWO_VIEWS = (View(), View())
+
+
+def augment_view(x: torch.Tensor, g: torch.Generator, view: View = View()) -> torch.Tensor:
+    """One view of a float NCHW batch in [0, 1]: crop + flip, colour jitter, grayscale (SPEC §1.1)."""
+    x = resized_crop_flip(x, view.size, g, scale=view.scale)
+    x = color_jitter(x, g)
+    return random_grayscale(x, g)
+
+
+def make_views(x: torch.Tensor, recipe: tuple[View, ...], g: torch.Generator) -> list[torch.Tensor]:
+    """The views of a recipe, drawn in order from one generator."""
+    return [augment_view(x, g, view) for view in recipe]
+
+
+def byol_view(x: torch.Tensor, g: torch.Generator, out_size: int = 32) -> torch.Tensor:
+    """One view of FedU's recipe (SPEC §1.1)."""
+    return augment_view(x, g, View(out_size))

@@ -1,0 +1,42 @@
+"""One client's round of federated SDR pre-training (SPEC §6).
+
+Load the global SDRnet, heads and centroids; assign each local image to a cluster (= path) with
+the global centroids; train the full SDRnet and the paths of the current progressive stage
+(SimSiam + SiamKD); update the centroids on the local features (Sinkhorn targets); upload
+everything, with the samples routed to each path. Nothing is local: every weight is global.
+"""
+
+from __future__ import annotations
+
+from tasks.common.arrays import get_arrays, set_arrays
+from tasks.common.evaluate import extract_features
+from tasks.common.federated_data import client_images
+from tasks.common.local import LocalResult, LocalRound
+from tasks.common.training import round_lr
+from tasks.sdr.model import build_sdr_model
+from tasks.sdr.train import assign_clusters, stage_of_round, train_sdr_round, update_centroids
+
+
+def local_round(r: LocalRound) -> LocalResult:
+    cfg, rnd = r.cfg, r.server_round
+    model = build_sdr_model(cfg)
+    keys = list(model.state_dict())
+    r.check_layout(model, keys)
+    if r.received:
+        set_arrays(model, keys, r.received)
+    s, device = cfg["sdr"], r.device()
+    images = client_images(cfg, r.partition_id)
+    feats = extract_features(model.net, images, device)
+    clusters = assign_clusters(feats, model.centroids)
+    stage = stage_of_round(rnd, int(cfg["num_rounds"]), model.net.num_blocks)
+    stats = train_sdr_round(
+        model, images, clusters, stage, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]),
+        lr=round_lr(float(s["lr"]), rnd, int(cfg["num_rounds"])), momentum=float(s["momentum"]),
+        weight_decay=float(s["weight_decay"]), kd_weight=float(s["kd_weight"]), device=device,
+        generator=r.generator(), who=r.who)
+    centroid = update_centroids(model, feats.to(device), int(s["centroid_steps"]), float(s["centroid_lr"]),
+                                float(s["cluster_temperature"]), float(s["sinkhorn_epsilon"]))
+    metrics = {"loss": stats["loss"], "train_seconds": stats["train_seconds"],
+               "images_per_second": stats["images_per_second"], "stage": stage, "centroid_loss": centroid,
+               **{f"routed_{p}": n for p, n in stats["routed"].items()}}
+    return LocalResult(get_arrays(model, keys), len(images), metrics, kept={})

@@ -1,0 +1,92 @@
+"""Server-side evaluation of the federated encoder(s) (SPEC §4), given to strategies as a hook."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from protocol.layout import Layout
+from tasks.common.arrays import set_arrays
+from tasks.common.evaluate import (
+    class_balanced_fraction,
+    features_on,
+    finetune_accuracy,
+    knn_score,
+    probe_score,
+    recalibrate_batchnorm,
+)
+from tasks.common.federated_data import dataset_from_cfg, evaluation_sets
+from tasks.common.training import resolve_device
+from tasks.ssl.model import build_federated_method
+
+
+class RepresentationEvaluator:
+    """kNN monitor (every call) and linear probe (final call) on the encoder's features.
+
+    Several models (standalone: one per client) are evaluated one by one and averaged;
+    the per-client values are kept under `per_client`.
+    """
+
+    def __init__(self, cfg: dict, layout: Layout):
+        self.cfg, self.options = cfg, dict(layout.options)
+        self.ev = cfg["eval"]
+        self._sets = None
+
+    def sets(self) -> dict:
+        if self._sets is None:
+            self._sets = evaluation_sets(self.cfg)
+        return self._sets
+
+    def encoder(self, arrays: list[np.ndarray]):
+        """The evaluated encoder (backbone + projector) loaded with `arrays`."""
+        method, plan, keys = build_federated_method(self.cfg, self.options)
+        set_arrays(method, keys, arrays)
+        encoder = getattr(method, plan.eval_encoder)
+        if self.options.get("bn") == "local":  # no BatchNorm statistics were uploaded
+            s = self.sets()
+            recalibrate_batchnorm(encoder, s["x_bank"], resolve_device(str(self.cfg["device"])), int(self.ev["batch_size"]))
+        return encoder
+
+    def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:
+        device = resolve_device(str(self.cfg["device"]))
+        s = self.sets()
+        encoder = self.encoder(arrays)
+        net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
+        bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
+        bank, test = features_on(net, s, names, device, bs)
+        out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, self.ev)}
+        if final and self.ev["linear"]:
+            if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
+                bank, test = features_on(encoder.backbone, s, names, device, bs)
+            out["linear_accuracy"] = probe_score(bank, test, s, self.ev, int(self.cfg["seed"]))
+        if final and self.ev.get("semi"):
+            out.update(self.semi_supervised(encoder.backbone, device))
+        return out
+
+    def semi_supervised(self, backbone, device) -> dict:
+        """Fine-tune (a copy of) the backbone with 1% / 10% of the training labels (SPEC §4)."""
+        ds, s, ev = dataset_from_cfg(self.cfg), self.sets(), self.ev
+        labels = np.asarray(ds.y_train)
+        out = {}
+        for fraction in ev["semi_fractions"]:
+            idx = class_balanced_fraction(labels, float(fraction), int(self.cfg["seed"]))
+            out[f"semi_{100 * float(fraction):g}%"] = finetune_accuracy(
+                backbone, np.asarray(ds.x_train[idx]), labels[idx], s["x_test"], s["y_test"], s["num_classes"],
+                epochs=int(ev["semi_epochs"]), lr=float(ev["semi_lr"]), head_lr=float(ev["semi_head_lr"]),
+                batch_size=int(ev["semi_batch_size"]), bn=str(ev["semi_bn"]), device=device, seed=int(self.cfg["seed"]),
+            )
+        return out
+
+    def __call__(self, server_round: int, models: dict[str, list[np.ndarray]], final: bool) -> dict:
+        results = {name: self.evaluate_one(arrays, final) for name, arrays in models.items()}
+        if list(results) == ["global"]:
+            out = dict(results["global"])
+        else:  # standalone: mean over clients of each client's own model (SPEC §4)
+            out = {key: float(np.mean([r[key] for r in results.values()])) for key in results[next(iter(results))]}
+            out["per_client"] = results
+        out["final"] = final
+        out["bank_size"], out["test_size"] = len(self.sets()["y_bank"]), len(self.sets()["y_test"])
+        if final and "linear_accuracy" not in out:
+            out["linear_accuracy"] = math.nan
+        return out

@@ -1,0 +1,59 @@
+"""One client's round of the SSL task (DESIGN.md conv. 1 and 5): what its instructions say to do
+with the received weights, local training, what it uploads and what it keeps.
+
+- receive: replace the uploaded parts (declining the optional ones when told to keep its own
+  predictor, SPEC §2.3), or mix with FedEMA's rule (SPEC §3), or keep everything (standalone);
+- on its first participation the local parts (BYOL's target) start as a copy of what it received;
+- train E epochs; report the reference form of FedU's divergence (before vs after training);
+- keep what the server will not send back as it was (target; predictor under DAPU; everything
+  for standalone and FedEMA).
+"""
+
+from __future__ import annotations
+
+from protocol.weights import layer_divergence
+from tasks.common.arrays import get_arrays, set_arrays
+from tasks.common.federated_data import client_images
+from tasks.common.local import LocalResult, LocalRound, kept_state
+from tasks.common.training import round_lr
+from tasks.ssl.fedema import fedema_update
+from tasks.ssl.model import build_federated_method, divergence_layers, kept_keys
+from tasks.ssl.train import train_one_round
+
+
+def local_round(r: LocalRound) -> LocalResult:
+    cfg, ins, rnd = r.cfg, r.instructions, r.server_round
+    method, plan, keys = build_federated_method(cfg, ins.layout_options)
+    r.check_layout(method, keys)
+    r.restore(method)
+    received, mixing = set(), {}
+    if ins.mix == "ema" and not r.first and r.received:
+        mixing = fedema_update(method, keys, r.received, divergence_layers(keys, plan), r.info, rnd,
+                               float(ins.mix_tau), ins.mix_lambda)
+    elif r.received and (r.first or ins.replace):
+        adopt = r.first or ins.adopt_global_predictor
+        received = set_arrays(method, keys, r.received, skip_parts=() if adopt else plan.optional)
+    if r.first:
+        method.init_local_parts(received)
+    predictor_used = "global" if (set(plan.optional) & received) else "local"
+
+    div_idx = divergence_layers(keys, plan)
+    before = get_arrays(method, [keys[i] for i in div_idx])
+    images = client_images(cfg, r.partition_id)
+    ssl, rounds = cfg["ssl"], int(cfg["num_rounds"])
+    lr = round_lr(float(ssl["lr"]), rnd, rounds, str(ssl.get("lr_schedule", "cosine")))
+    stats = train_one_round(
+        method, images, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]), lr=lr,
+        momentum=float(ssl["momentum"]), weight_decay=float(ssl["weight_decay"]), device=r.device(),
+        generator=r.generator(), progress_start=(rnd - 1) / rounds, progress_span=1 / rounds, who=r.who,
+    )
+    after = get_arrays(method, [keys[i] for i in div_idx])
+    keep = kept_keys(method, plan, keys, keep_everything=ins.keep_everything, keep_optional=ins.keep_optional)
+    metrics = {
+        "loss": stats["loss"], "train_seconds": stats["train_seconds"],
+        "images_per_second": stats["images_per_second"], "lr": lr, "predictor_used": predictor_used,
+        "divergence_reference": layer_divergence(before, after, list(range(len(div_idx)))) if div_idx else 0.0,
+        **{f"ema_{k}": v for k, v in mixing.items()},
+    }
+    info = {"ema_lambda": mixing["lambda"]} if "lambda" in mixing else {}
+    return LocalResult(get_arrays(method, keys), len(images), metrics, kept_state(method, keep), info)

@@ -1,0 +1,81 @@
+"""What every local SSL method provides, and which of its weights travel (DESIGN.md conv. 3-4).
+
+A method is an nn.Module whose state_dict keys start with the name of one of its *parts*
+(e.g. BYOL: `online.`, `predictor.`, `target.`). Which parts are uploaded to the server and
+which stay on the client is declared in exactly one place per method, `SSLMethod.sync_plan`,
+and both the client and the server derive their key lists from it, so the order of the
+arrays that cross the wire is never guessed. A method also declares its augmentation recipe
+(`views`: how many views, which sizes) and takes the list of views in `loss`, so a multi-crop or
+clustering method is a new module, not a change to the training loop; and the types of its
+arguments (`CONFIG`, checked before it is built, named as `ssl.<argument>`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from protocol.checks import Float, Int
+from tasks.common.augment import TWO_VIEWS, View
+
+# head sizes every method may be given by a preset; a method without such a head ignores them
+HEAD_CONFIG = {"proj_hidden": Int(min=1), "proj_dim": Int(min=1), "pred_hidden": Int(min=1)}
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """Parts of a method's model, by role in federated training.
+
+    uploaded: parts sent to the server and aggregated.
+    local: parts that never leave the client (BYOL's target, MoCo's key encoder and queue).
+    optional: uploaded parts a client may decline to replace with the global version
+        (FedU's predictor under DAPU), so the client keeps its own copy as local state.
+    eval_encoder: the part whose backbone is evaluated as "the global encoder".
+    """
+
+    uploaded: tuple[str, ...]
+    local: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    eval_encoder: str = "online"
+
+
+def momentum_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """xi <- tau * xi + (1 - tau) * theta, parameters only (SPEC §1.1)."""
+    with torch.no_grad():
+        for t, o in zip(target.parameters(), online.parameters()):
+            t.mul_(tau).add_(o.detach(), alpha=1.0 - tau)
+
+
+def one_encoder(sync: str) -> None:
+    """The sync ablation (which encoder travels) exists for BYOL's two encoders only."""
+    if sync != "online":
+        raise ValueError(f"sync={sync!r} applies to BYOL only; this method has one encoder (use sync=online)")
+
+
+TEMPERATURE = Float(above=0)
+
+
+class SSLMethod(nn.Module):
+    """Base class: subclasses build their parts as attributes and implement `loss`."""
+
+    name = "base"
+    CONFIG: dict = {}  # argument -> protocol.checks.Spec (besides arch/width and the head sizes)
+    views: tuple[View, ...] = TWO_VIEWS  # the augmentation recipe: one View per augmented view
+
+    def sync_plan(self, sync: str = "online") -> SyncPlan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, views: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:  # pragma: no cover
+        """The loss of one batch, given its augmented views (in the order of `self.views`)."""
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Called after every optimizer step; progress in [0, 1] over the client's whole run."""
+
+    def init_local_parts(self, received: set[str]) -> None:
+        """First participation: initialise local parts from what the server sent."""
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]

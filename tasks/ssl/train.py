@@ -1,0 +1,61 @@
+"""Local self-supervised training of one client for one round (SPEC §1.1)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from tasks.common.augment import make_views, to_float
+from tasks.common.training import sgd_step
+from tasks.ssl.methods.base import SSLMethod
+
+
+def train_one_round(
+    method: SSLMethod,
+    images: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    device: torch.device,
+    generator: torch.Generator,
+    progress_start: float,
+    progress_span: float,
+    who: str,
+) -> dict:
+    """E epochs of SGD on uint8 NHWC `images`, each batch augmented by the method's own recipe.
+
+    The optimizer is rebuilt each round (SPEC §1.1); batches drop the last incomplete one.
+    progress_start/progress_span place this round in the client's whole run (for schedules
+    such as BYOL's cosine tau). Raises NonFiniteLossError naming `who` on a NaN/inf loss.
+    """
+    n = len(images)
+    steps_per_epoch = n // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{who}: {n} examples is fewer than batch_size={batch_size}; lower batch_size")
+    method.to(device).train()
+    opt = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    total_steps = epochs * steps_per_epoch
+    losses, t0 = [], time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = to_float(data[idx], device)
+            loss = method.loss(make_views(x, method.views, generator), generator)
+            sgd_step(opt, loss, who, epoch, step,
+                     f"lower the learning rate (ssl.lr={lr:g} this round) or check the data")
+            done = epoch * steps_per_epoch + step + 1
+            method.after_step(progress_start + progress_span * done / total_steps)
+            losses.append(loss.detach())
+    return {
+        "loss": float(torch.stack(losses).mean()),
+        "steps": total_steps,
+        "train_seconds": time.perf_counter() - t0,
+        "images_per_second": total_steps * batch_size / max(time.perf_counter() - t0, 1e-9),
+    }
