@@ -226,6 +226,24 @@ def test_re_id_config_mistakes_are_refused_before_training(make_cfg):
         preflight(make_cfg("strategy=fedpav", "dataset=reid_folders", "num_clients=1", "dataset.roots=[/nonexistent]"))
 
 
+def test_dropout_masks_follow_the_client_round_stream_not_the_reseeded_global_generator(make_cfg):
+    """build_reid_net re-seeds torch's global generator for identical weights on every node; the
+    dropout masks must still change from round to round (they come from the client's generator)."""
+    from tasks.common.training import client_generator
+
+    cfg = make_cfg("strategy=fedpav", "dataset=cifar100_reid")
+    x = torch.ones(16, int(cfg["reid"]["embedding_dim"]))
+
+    def mask(server_round, pid=1):
+        net = build_reid_net(cfg).train()  # re-seeds the global generator, as every fit does
+        net.use_generator(client_generator(int(cfg["seed"]), server_round, pid))
+        return net.embedding[2](x)
+
+    assert torch.equal(mask(1), mask(1))  # reproducible
+    assert not torch.equal(mask(1), mask(2)) and not torch.equal(mask(1), mask(1, pid=2))
+    assert set(mask(1).unique().tolist()) <= {0.0, 1 / (1 - float(cfg["reid"]["dropout"]))}
+
+
 def test_the_spec_form_of_distillation_trains_the_raw_embedding(make_cfg):
     """reid.kd_form=spec: MSE(student(x), t(x)) on the raw embedding (SPEC §5 as written), plain SGD;
     the default compares the L2-normalised embedding. Each form's loss falls pass after pass, and the

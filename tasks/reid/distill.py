@@ -41,6 +41,7 @@ def distill(student: ReIDNet, teachers: list[ReIDNet], public: np.ndarray, r: di
     bs, form = int(r["kd_batch_size"]), str(r.get("kd_form", "normalised"))
     target = distillation_target([embeddings(t, public, device, bs, flip=False) for t in teachers])
     student.to(device).train()
+    student.use_generator(generator)
     momentum = float(r["momentum"]) if form == "normalised" else 0.0
     opt = torch.optim.SGD(student.parameters(), lr=float(r["kd_lr"]), momentum=momentum)
     order = torch.randperm(len(public), generator=generator).numpy()

@@ -40,6 +40,7 @@ def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, e
     """E epochs of cross-entropy on the client's identities (SPEC §5); optimizer rebuilt each round.
     Batch order, augmentation and dropout all draw from `generator`."""
     net.to(device).train()
+    net.use_generator(generator)
     opt = _optimizer(net, r)
     bs = int(r["batch_size"])
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))

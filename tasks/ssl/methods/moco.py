@@ -58,7 +58,7 @@ class MoCo(SSLMethod):
               "shuffle_bn_splits": Int(min=1)}
 
     def __init__(self, arch="resnet18", width=1.0, proj_hidden=2048, proj_dim=128, mlp=False,
-                 key_momentum=0.99, queue_size=4096, temperature=0.1, shuffle_bn_splits=1):
+                 key_momentum=0.99, queue_size=4096, temperature=0.1, shuffle_bn_splits=2):
         super().__init__()
         backbone = build_backbone(arch, width)
         head = mlp_head(backbone.out_dim, proj_hidden, proj_dim) if mlp else nn.Linear(backbone.out_dim, proj_dim)
