@@ -100,7 +100,8 @@ def run_command(argv: list[str]) -> None:
 def multirun(argv: list[str]) -> None:
     """`-m`: the runs of `sweep(argv)` one after another, each in multirun/<date>/<time>/<n>
     unless output_dir is given; one that fails is reported and the others still run."""
-    root = Path("multirun") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    log_to_console()
+    root = Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S")
     failed = []
     for n, combination in enumerate(sweep(argv)):
         if override_value(combination, "output_dir") is None and override_value(combination, "resume") is None:
