@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from app.config import compose, key_of, override_value, to_plain
-from app.offline import evaluate_offline, evaluation_line, evaluation_setup, refuse_unknown_mode, route_offline
+from app.config import compose, override_value, to_plain
+from app.offline import evaluate_offline, evaluation_line, evaluation_setup, route_offline
 from app.report import LOG_FORMAT
-from app.resume import load_state, resumed_config
+from app.resume import run_config
+from app.schema import RUN
 from app.simulation import RunFailed, run
 from protocol.checks import ConfigError
 from protocol.hooks import RunStopped
@@ -29,7 +30,6 @@ from tasks.common.partition import PartitionError
 
 log = logging.getLogger("fedssl")
 USER_ERRORS = (ConfigError, DataError, PartitionError, CheckpointError, RunFailed, RunStopped, LayoutMismatch)
-NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
 
 
 def log_to_console() -> None:
@@ -50,29 +50,25 @@ def run_dir(composed) -> str:
     return str(composed.hydra.run.dir)
 
 
+def fresh_run(argv: list[str]) -> tuple[dict, str]:
+    """The config of a new run and its output directory (output_dir, else Hydra's run dir)."""
+    composed = compose(argv, with_hydra=True)
+    cfg = to_plain(composed)
+    return cfg, cfg.get("output_dir") or run_dir(composed)
+
+
 def train(argv: list[str]) -> None:
-    command_line = [o for o in argv if key_of(o) not in NOT_RECORDED]
-    resume_dir = override_value(argv, "resume")
-    resume_state = None
-    if resume_dir:
-        resume_state = load_state(resume_dir)
-        cfg = resumed_config(resume_state, command_line)
-        out_dir = cfg["resume"] = str(Path(resume_dir))
-    else:
-        composed = compose(argv, with_hydra=True)
-        cfg = dict(to_plain(composed), command_line=command_line)
-        out_dir = cfg.get("output_dir") or run_dir(composed)
-    cfg["output_dir"] = str(out_dir)
+    cfg, out_dir, resume_state = run_config(argv, fresh_run)
     log_to_console()
     report = run(cfg, out_dir, resume_state)
     log.info(report.closing_line())
 
 
 def evaluate(argv: list[str]) -> None:
-    cfg, models, composed = evaluation_setup(argv)
+    cfg, models, layout, composed = evaluation_setup(argv)
     out_dir = cfg.get("output_dir") or run_dir(composed)
     log_to_console()
-    print(evaluation_line(cfg, evaluate_offline(cfg, models, out_dir)))
+    print(evaluation_line(cfg, evaluate_offline(cfg, models, layout, out_dir)))
     log.info("evaluate: %s/evaluation.json", out_dir)
 
 
@@ -92,9 +88,7 @@ COMMANDS = {"train": train, "evaluate": evaluate, "route": route}
 
 def run_command(argv: list[str]) -> None:
     mode = override_value(argv, "mode") or "train"
-    if mode not in COMMANDS:
-        refuse_unknown_mode(mode)
-    COMMANDS[mode](argv)
+    COMMANDS[RUN["mode"].check(mode, "mode")](argv)
 
 
 def multirun(argv: list[str]) -> None:

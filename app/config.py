@@ -22,6 +22,11 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def group_nodes(group: str) -> dict[str, dict]:
+    """conf/<group>/<option>.yaml as plain dicts, by option (for suggestions in messages)."""
+    return {o: OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{o}.yaml")) for o in group_options(group)}
+
+
 def _all_keys(node, prefix: str = "") -> list[str]:
     keys = []
     for k, v in node.items():

@@ -19,11 +19,9 @@ from flwr.client import ClientApp
 from flwr.server import ServerApp
 from flwr.server.compat import start_grid
 
-from app.config import compose, key_of, override_value, to_plain
+from app.config import compose, to_plain
 from app.federation import Federation, build_client, client_resources, prepare
-from app.resume import load_state, resumed_config
-
-NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
+from app.resume import run_config
 
 
 @lru_cache(maxsize=4)
@@ -33,19 +31,11 @@ def config_from_overrides(overrides: str) -> dict:
 
 def server_federation(context) -> Federation:
     """The run the researcher submitted, or the continuation of `resume=<its output directory>`."""
-    overrides = shlex.split(str(context.run_config.get("overrides", "")))
-    command_line = [o for o in overrides if key_of(o) not in NOT_RECORDED]
-    resume_dir = override_value(overrides, "resume")
-    resume_state = None
-    if resume_dir:  # continue an interrupted deployment run in its own output directory
-        resume_state = load_state(resume_dir)
-        cfg = resumed_config(resume_state, command_line)
-        out_dir = cfg["resume"] = str(resume_dir)
-    else:
-        cfg = dict(config_from_overrides(shlex.join(overrides)))
-        cfg["command_line"] = command_line
-        out_dir = cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
-    cfg["output_dir"] = out_dir
+    def fresh(overrides):
+        cfg = config_from_overrides(shlex.join(overrides))
+        return cfg, cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
+
+    cfg, out_dir, resume_state = run_config(shlex.split(str(context.run_config.get("overrides", ""))), fresh)
     return prepare(cfg, out_dir, resume_state)
 
 

@@ -20,20 +20,16 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from app.registry import Task, not_constructor_args, task_of
+from app.registry import not_constructor_args, task_of
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
-from app.schema import validate
+from app.schema import clients_per_round, validate
 from app.summary import SummarySchema
 from clients.task_client import TaskClient
 from protocol.checks import ConfigError
 from protocol.hooks import ServerHooks
 from protocol.layout import Layout
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
-
-
-def clients_per_round(cfg: dict) -> int:
-    return max(1, min(cfg["num_clients"], int(round(cfg["num_clients"] * float(cfg["fraction_fit"])))))
 
 
 def client_resources(cfg: dict) -> dict:
@@ -70,11 +66,9 @@ def strategy_class(cfg: dict):
 
 @dataclass
 class Federation:
-    """A run ready to start: its task, upload layout, strategy and report (nothing written yet)."""
+    """A run ready to start: its config, strategy and report (nothing written yet)."""
 
     cfg: dict
-    task: Task
-    layout: Layout
     strategy: object
     report: RunReport
     resume_state: dict | None = None
@@ -120,7 +114,7 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         eval_at_start=bool(cfg["eval"]["at_start"]), seed=int(cfg["seed"]),
         norm_bound=None if cfg.get("norm_bound") is None else float(cfg["norm_bound"]),
         checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state)
-    return Federation(cfg, task, layout, strategy, report, resume_state)
+    return Federation(cfg, strategy, report, resume_state)
 
 
 def server_config(cfg: dict, resume_state: dict | None = None) -> ServerConfig:

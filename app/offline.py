@@ -21,7 +21,7 @@ from app.config import centralise, compose, key_of, override_value, recompose, t
 from app.federation import build_layout
 from app.registry import TASKS, task_of
 from app.summary import SummarySchema
-from protocol.checks import ConfigError
+from protocol.layout import Layout
 from tasks.common.checkpoint import CheckpointError, checkpoint_models, load_checkpoint
 
 INIT = "init"
@@ -33,9 +33,9 @@ def _top(override: str) -> str:
     return key_of(override).split(".")[0]
 
 
-def evaluation_setup(argv: list[str]) -> tuple[dict, dict, object]:
-    """(config to evaluate with, {name: arrays}, the composed config with Hydra's node) for the
-    command line of `mode=evaluate`; the config is composed once."""
+def evaluation_setup(argv: list[str]) -> tuple[dict, dict, Layout, object]:
+    """(config to evaluate with, {name: arrays}, their layout, the composed config with Hydra's node)
+    for the command line of `mode=evaluate`; the config is composed once, the model built once."""
     source = override_value(argv, "checkpoint")
     if not source:
         raise CheckpointError("mode=evaluate needs checkpoint=<run>/checkpoint_final.pt, or checkpoint=init "
@@ -43,7 +43,8 @@ def evaluation_setup(argv: list[str]) -> tuple[dict, dict, object]:
     if source == INIT:
         composed = compose(argv, with_hydra=True)
         cfg = dict(to_plain(composed), command_line=list(argv))
-        return cfg, {"global": build_layout(cfg)[1]}, composed
+        layout, initial = build_layout(cfg)
+        return cfg, {"global": initial}, layout, composed
     payload = load_checkpoint(source)
     trained = [o for o in payload["config"].get("command_line") or [] if _top(o) not in THIS_MACHINE]
     composed = compose(trained + [o for o in argv if _top(o) in MAY_CHANGE + THIS_MACHINE], with_hydra=True)
@@ -54,15 +55,15 @@ def evaluation_setup(argv: list[str]) -> tuple[dict, dict, object]:
     if list(payload["keys"]) != list(layout.keys) or shapes != [tuple(s) for s in layout.shapes]:
         raise CheckpointError(f"checkpoint {source}: its keys do not match the model its own config builds "
                               f"(written by a different code version?)")
-    return cfg, models, composed
+    return cfg, models, layout, composed
 
 
-def evaluate_offline(cfg: dict, models: dict, out_dir: str | Path) -> dict:
+def evaluate_offline(cfg: dict, models: dict, layout: Layout, out_dir: str | Path) -> dict:
     """Evaluate the models once, as at the end of a run; writes evaluation.json."""
     t0 = time.perf_counter()
-    layout, _ = build_layout(cfg)
-    result = task_of(cfg).evaluator(cfg, layout)(0, models, final=True)
-    report = {"status": "completed", "checkpoint": str(cfg["checkpoint"]), "task": task_of(cfg).name,
+    task = task_of(cfg)
+    result = task.evaluator(cfg, layout)(0, models, final=True)
+    report = {"status": "completed", "checkpoint": str(cfg["checkpoint"]), "task": task.name,
               "dataset": cfg["dataset"]["name"], "strategy": cfg["strategy"]["name"], "ssl": cfg["ssl"]["name"],
               "final": result, "eval_seconds": time.perf_counter() - t0}
     out = Path(out_dir)
@@ -89,7 +90,3 @@ def route_offline(cfg: dict, out_dir: str | Path) -> dict:
                               f"{trained['strategy']['name']}), which has no sub-networks to route; routing needs "
                               f"one of task {' or '.join(routable)}")
     return task.route(trained, payload["keys"], checkpoint_models(payload)["global"], cfg, out_dir)
-
-
-def refuse_unknown_mode(mode: str) -> None:
-    raise ConfigError(f"mode={mode!r} is not valid; choose one of ['train', 'route', 'evaluate']")

@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from omegaconf import OmegaConf
-
 import tasks.reid
 import tasks.sdr
-from app.config import CONF_DIR
+from app.config import group_nodes
 from protocol.checks import Choice, ConfigError, ListOf, Text
 from protocol.fields import Metric, Series, TaskMetrics
 from protocol.layout import Layout
@@ -81,9 +79,11 @@ def _ssl_options(cfg: dict) -> dict:
 def _ssl_preflight(cfg: dict) -> None:
     methods = cfg["strategy"].get("methods")
     if methods and cfg["ssl"]["name"] not in methods:
-        others = [s for s, node in strategy_nodes().items() if "ssl" in node.get("tasks", []) and not node.get("methods")]
+        others = [s for s, node in group_nodes("strategy").items()
+                  if "ssl" in node.get("tasks", []) and not node.get("methods")]
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for {' or '.join(m.upper() for m in methods)} "
-                          f"(ssl={' or ssl='.join(methods)}); run ssl={cfg['ssl']['name']} with {_alternatives('strategy', others)}")
+                          f"(ssl={' or ssl='.join(methods)}); run ssl={cfg['ssl']['name']} with "
+                          f"{_alternatives('strategy', others)}")
     check_partitions(cfg)
 
 
@@ -132,9 +132,9 @@ def task_of(cfg: dict) -> Task:
         if task.data_kind == dataset["kind"]:
             return task
     kinds = sorted({t.data_kind for t in declared})
-    by_strategy = [s for s, node in strategy_nodes().items()
+    by_strategy = [s for s, node in group_nodes("strategy").items()
                    if any(TASKS[t].data_kind == dataset["kind"] for t in node.get("tasks", []))]
-    by_dataset = [d for d, node in dataset_nodes().items() if node.get("kind") in kinds]
+    by_dataset = [d for d, node in group_nodes("dataset").items() if node.get("kind") in kinds]
     use_strategy = (f"{_alternatives('strategy', by_strategy)}", f"with dataset={dataset['name']}")
     use_dataset = (f"{_alternatives('dataset', by_dataset)}", f"with strategy={strategy['name']}")
     first, second = sorted([use_strategy, use_dataset], key=lambda u: u[0].count("="))
@@ -145,14 +145,6 @@ def task_of(cfg: dict) -> Task:
 
 
 def _alternatives(group: str, options: list[str]) -> str:
-    names = [f"{group}={o}" for o in options]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1] if names else f"another {group}"
-
-
-def strategy_nodes() -> dict[str, dict]:
-    """conf/strategy/<name>.yaml as plain dicts, by name (for suggestions in messages)."""
-    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "strategy").glob("*.yaml"))}
-
-
-def dataset_nodes() -> dict[str, dict]:
-    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((CONF_DIR / "dataset").glob("*.yaml"))}
+    """"strategy=a, strategy=b or strategy=c" (or "another strategy" when there is none)."""
+    names = [f"{group}={o}" for o in options] or [f"another {group}"]
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))

@@ -104,6 +104,5 @@ class RunReport:
     def closing_line(self) -> str:
         return self.schema.closing_line(self.summary)
 
-    def _save(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def _save(self) -> None:  # after start(), which made out_dir
         write_json_atomic(self.path, self.summary)

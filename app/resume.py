@@ -10,14 +10,16 @@ local state next to it (clients/state_store.py) — in a deployment, on their ow
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from app.config import recompose
+from app.config import key_of, override_value, recompose
 from tasks.common.checkpoint import CheckpointError, load_file, save_atomic
 
+NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
 FORMAT = "fedssl-state-v1"
 STATE_FILE = Path("state") / "server.pt"
 # Keys a resumed run may change: where and how it runs, not what it computes.
@@ -89,7 +91,7 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
                               "declares no strategy.tasks, and its strategies were not built from _target_); "
                               "resume it with that version, or start a new run without resume=")
     original = list(saved["config"].get("command_line") or [])
-    extra = [o for o in new_overrides if not o.split("=", 1)[0].lstrip("+~") in ("resume", "output_dir")]
+    extra = [o for o in new_overrides if key_of(o) not in NOT_RECORDED]
     cfg = recompose(original, extra)
     before, after = _flatten(saved["config"]), _flatten(cfg)
     changed = sorted(k for k in set(before) | set(after)
@@ -104,3 +106,24 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
                               f"{cfg['num_rounds']}; nothing left to run (raise num_rounds to continue)")
     cfg["command_line"] = original + extra
     return cfg
+
+
+def run_config(overrides: list[str], fresh: Callable[[list[str]], tuple[dict, str]]) -> tuple[dict, str, dict | None]:
+    """(config, output directory, saved state) of a command that runs a federation.
+
+    `resume=<dir>` continues the run saved there (its own command line, this one's runtime keys on
+    top); otherwise `fresh(overrides)` composes the config and says where the run goes. The command
+    line is recorded without where the run is written (`NOT_RECORDED`).
+    """
+    command_line = [o for o in overrides if key_of(o) not in NOT_RECORDED]
+    resume_dir = override_value(overrides, "resume")
+    state = None
+    if resume_dir:
+        state = load_state(resume_dir)
+        cfg = resumed_config(state, command_line)
+        out_dir = cfg["resume"] = str(Path(resume_dir))
+    else:
+        cfg, out_dir = fresh(overrides)
+        cfg = dict(cfg, command_line=command_line)
+    cfg["output_dir"] = str(out_dir)
+    return cfg, str(out_dir), state

@@ -8,7 +8,7 @@ here; an SSL method checks its own arguments (tasks/ssl/methods), a strategy its
 
 from __future__ import annotations
 
-from app.registry import STRATEGY_META, TASKS, task_of
+from app.registry import STRATEGY_META, TASKS
 from protocol.checks import AnyOf, Bool, Choice, ConfigError, Float, Int, ListOf, Matches, Text, conform
 from tasks.common import data, evaluate, models, partition
 from tasks.ssl.methods import HEAD_CONFIG, TRAINING_CONFIG
@@ -36,6 +36,11 @@ RUN = {
 }
 
 
+def clients_per_round(cfg: dict) -> int:
+    """How many clients a round samples (strategies/base.py draws this many)."""
+    return max(1, min(cfg["num_clients"], int(round(cfg["num_clients"] * float(cfg["fraction_fit"])))))
+
+
 def all_specs() -> dict:
     """Every key's spec except SSL methods' own arguments and strategies' constructor arguments."""
     specs = {**RUN, **STRATEGY_META, **evaluate.CONFIG, **partition.CONFIG, **models.CONFIG, **data.CONFIG,
@@ -46,9 +51,10 @@ def all_specs() -> dict:
 
 
 def validate(cfg: dict) -> None:
-    """Types and ranges of every key, then the checks that relate keys to each other."""
+    """Types and ranges of every key, then the checks that relate keys to each other (whether the
+    strategy can train on the dataset is `app/registry.task_of`'s, which runs next)."""
     conform(cfg, all_specs())  # an SSL method's own ssl.* keys: the method checks them (tasks/ssl/methods)
-    per_round = max(1, round(cfg["num_clients"] * float(cfg["fraction_fit"])))
+    per_round = clients_per_round(cfg)
     if not cfg["min_fit_clients"] <= per_round:
         raise ConfigError(f"min_fit_clients must be in [1, {per_round}] (clients sampled per round), "
                           f"got {cfg['min_fit_clients']!r}")
@@ -56,4 +62,3 @@ def validate(cfg: dict) -> None:
     if epc is not None and epc < cfg["batch_size"]:
         raise ConfigError(f"examples_per_client must be null or an integer >= batch_size ({cfg['batch_size']}), "
                           f"got {epc!r}")
-    task_of(cfg)  # the strategy can train on this dataset

@@ -26,8 +26,12 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    return _number(v) and not math.isnan(v)
 
 
 class SummarySchema:
@@ -147,10 +151,6 @@ class SummarySchema:
         return " | ".join([f"done: {summary['strategy']} on {summary['dataset']}, {k} client{'s' * (k != 1)}, "
                            f"{cfg['num_rounds']} rounds", *self.scores(summary["final"] or {}),
                            f"{summary['wall_seconds']:.0f}s", f"{summary['output_dir']}/summary.json"])
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def fail(summary: dict, error: str) -> None:

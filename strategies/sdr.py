@@ -23,12 +23,11 @@ class FedSDR(FedSSL):
         if not self.layout.regions or not self.layout.path_groups:
             raise ConfigError(f"strategy={self.name} aggregates SDR groups; this task's upload has none "
                               f"(it needs the sdr task: an SDRnet)")
-        self.regions, self.path_groups = self.layout.regions, self.layout.path_groups
 
     def group_samples(self, metrics: dict) -> dict[tuple[int, int], int]:
         """(block, group) -> samples this client routed through it this round."""
         out: dict[tuple[int, int], int] = {}
-        for p, groups in enumerate(self.path_groups):
+        for p, groups in enumerate(self.layout.path_groups):
             n = int(metrics.get(f"routed_{p}", 0))
             for b, g in enumerate(groups):
                 if n:
@@ -39,7 +38,7 @@ class FedSDR(FedSSL):
         aggregated = weighted_average([u[1] for u in updates], [u[2] for u in updates])
         samples = {pid: self.group_samples(m) for pid, _, _, m in updates}
         by_group: dict[str, dict] = {}
-        for index, start, stop, block, group in self.regions:
+        for index, start, stop, block, group in self.layout.regions:
             contributors = [(arrays, samples[pid][(block, group)]) for pid, arrays, _, _ in updates
                             if samples[pid].get((block, group), 0) > 0]
             if contributors:
@@ -53,7 +52,7 @@ class FedSDR(FedSSL):
         for pid, _, _, metrics in updates:
             entry = self.record["clients"][str(pid)]
             entry["stage"] = int(metrics.get("stage", 0))
-            entry["routed"] = {p: int(metrics[f"routed_{p}"]) for p in range(len(self.path_groups))
+            entry["routed"] = {p: int(metrics[f"routed_{p}"]) for p in range(len(self.layout.path_groups))
                                if f"routed_{p}" in metrics}
             entry["centroid_loss"] = float(metrics.get("centroid_loss", float("nan")))
         self.record["groups"] = by_group

@@ -1,6 +1,5 @@
 """Augmentations match torchvision's maths; kNN and linear probe on hand-made features."""
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF

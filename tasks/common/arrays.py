@@ -51,5 +51,4 @@ def module_layout(module: nn.Module, keys: list[str], **extras) -> Layout:
 
 
 def layout_fingerprint(module: nn.Module, keys: list[str]) -> str:
-    state = module.state_dict()
-    return keys_fingerprint(keys, [tuple(state[k].shape) for k in keys])
+    return module_layout(module, keys).fingerprint

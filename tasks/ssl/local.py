@@ -26,10 +26,10 @@ def local_round(r: LocalRound) -> LocalResult:
     method, plan, keys = build_federated_method(cfg, ins.layout_options)
     r.check_layout(method, keys)
     r.restore(method)
+    div_idx = divergence_layers(keys, plan)
     received, mixing = set(), {}
     if ins.mix == "ema" and not r.first and r.received:
-        mixing = fedema_update(method, keys, r.received, divergence_layers(keys, plan), r.info, rnd,
-                               float(ins.mix_tau), ins.mix_lambda)
+        mixing = fedema_update(method, keys, r.received, div_idx, r.info, rnd, float(ins.mix_tau), ins.mix_lambda)
     elif r.received and (r.first or ins.replace):
         adopt = r.first or ins.adopt_global_predictor
         received = set_arrays(method, keys, r.received, skip_parts=() if adopt else plan.optional)
@@ -37,7 +37,6 @@ def local_round(r: LocalRound) -> LocalResult:
         method.init_local_parts(received)
     predictor_used = "global" if (set(plan.optional) & received) else "local"
 
-    div_idx = divergence_layers(keys, plan)
     before = get_arrays(method, [keys[i] for i in div_idx])
     images = client_images(cfg, r.partition_id)
     ssl, rounds = cfg["ssl"], int(cfg["num_rounds"])

@@ -50,9 +50,14 @@ def divergence_layers(keys: list[str], plan: SyncPlan) -> list[int]:
     return [i for i, k in enumerate(keys) if is_divergence_weight(k, plan.eval_encoder + ".")]
 
 
+def with_defaults(options: dict | None) -> dict:
+    """The layout options with the defaults for those not given (sync=online, bn=global)."""
+    return {**DEFAULT_OPTIONS, **(options or {})}
+
+
 def build_federated_method(cfg: dict, options: dict | None = None) -> tuple[SSLMethod, SyncPlan, list[str]]:
     """The method, its SyncPlan and upload keys, built identically on server and clients."""
-    options = {**DEFAULT_OPTIONS, **(options or {})}
+    options = with_defaults(options)
     torch.manual_seed(int(cfg["seed"]))  # the same initial weights everywhere
     method = build_method(cfg["ssl"], cfg["model"])
     plan = method.sync_plan(options["sync"])
@@ -63,6 +68,6 @@ def build_federated_method(cfg: dict, options: dict | None = None) -> tuple[SSLM
 def ssl_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """The upload layout (with FedU's divergence layers) and the initial global arrays."""
     method, plan, keys = build_federated_method(cfg, options)
-    layout = module_layout(method, keys, options={**DEFAULT_OPTIONS, **options},
+    layout = module_layout(method, keys, options=with_defaults(options),
                            divergence_layers=divergence_layers(keys, plan))
     return layout, get_arrays(method, keys)
