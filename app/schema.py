@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from app.registry import STRATEGY_META, TASKS
 from protocol.checks import AnyOf, Bool, Choice, ConfigError, Float, Int, ListOf, Matches, Text, conform
-from tasks.common import data, evaluate, models, partition
+from protocol.transfer import TRANSFER_DTYPES
+from tasks.common import data, evaluate, models, partition, precision
 from tasks.ssl.methods import HEAD_CONFIG, TRAINING_CONFIG
 
 PAIRS = ListOf(item=ListOf(item=Int(), length=2), description="a list of [partition_id, round] pairs")
@@ -20,6 +21,7 @@ RUN = {
     "fraction_fit": Float(above=0, max=1), "min_fit_clients": Int(min=1), "examples_per_client": Int(min=1, null=True),
     "seed": Int(min=0), "data_dir": Text(), "data_download": Bool(), "cache_dir": Text(),
     "device": Matches(pattern=r"auto|cpu|cuda(:\d+)?", description="auto, cpu, cuda or cuda:N"),
+    "transfer_dtype": Choice(options=TRANSFER_DTYPES), "progress": AnyOf(specs=(Choice(options=("auto",)), Bool())),
     "output_dir": Text(null=True), "eval_every": Int(min=0), "norm_bound": Float(above=0, null=True),
     "round_timeout": Float(above=0, null=True, unit="seconds"), "checkpoint_every": Int(min=0),
     "resume": Text(null=True), "mode": Choice(options=("train", "route", "evaluate")), "checkpoint": Text(null=True),
@@ -43,7 +45,7 @@ def clients_per_round(cfg: dict) -> int:
 
 def all_specs() -> dict:
     """Every key's spec except SSL methods' own arguments and strategies' constructor arguments."""
-    specs = {**RUN, **STRATEGY_META, **evaluate.CONFIG, **partition.CONFIG, **models.CONFIG, **data.CONFIG,
+    specs = {**RUN, **precision.CONFIG, **STRATEGY_META, **evaluate.CONFIG, **partition.CONFIG, **models.CONFIG, **data.CONFIG,
              **{f"ssl.{k}": spec for k, spec in {**TRAINING_CONFIG, **HEAD_CONFIG}.items()}}
     for task in TASKS.values():
         specs.update(task.config)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tasks.common.losses import negative_cosine, sinkhorn
+from tasks.common.precision import Compute
 from tasks.ssl.methods import build_method
 from tasks.ssl.methods.moco import MoCo, moco_infonce
 from tasks.ssl.methods.simclr import nt_xent
@@ -89,7 +90,7 @@ def test_each_method_trains_one_round(name):
     before = {k: v.clone() for k, v in m.state_dict().items()}
     images = np.random.default_rng(0).integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
     stats = train_one_round(m, images, epochs=1, batch_size=16, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                            device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                            compute=Compute(torch.device("cpu")), generator=torch.Generator().manual_seed(0),
                             progress_start=0, progress_span=1, who="test")
     assert math.isfinite(stats["loss"]) and stats["steps"] == 2
     assert not torch.equal(before["online.backbone.conv1.weight"], m.state_dict()["online.backbone.conv1.weight"])

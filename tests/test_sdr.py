@@ -15,6 +15,7 @@ from protocol.hooks import ServerHooks
 from protocol.layout import Layout
 from strategies import FedSDR
 from tasks.common.losses import sinkhorn
+from tasks.common.precision import Compute
 from tasks.sdr.model import SDRSimSiam
 from tasks.sdr.net import SDRNet, all_paths, export_path, load_backbone, save_backbone
 from tasks.sdr.train import centroid_loss, path_in_stage, stage_of_round, train_sdr_round
@@ -103,13 +104,13 @@ def test_progressive_stages_grow_the_path_space_from_the_last_block():
     images = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
     clusters = np.arange(32) % 8
     stats = train_sdr_round(model, images, clusters, 1, epochs=1, batch_size=8, lr=0.01, momentum=0.9,
-                            weight_decay=0.0, kd_weight=1.0, device=torch.device("cpu"),
+                            weight_decay=0.0, kd_weight=1.0, compute=Compute(torch.device("cpu")),
                             generator=torch.Generator().manual_seed(0), who="test")
     # stage 1: clusters 0..7 fall on paths 0 and 1 (16 samples each); 4 steps, each trains one of them
     assert set(stats["path_steps"]) <= {0, 1} and sum(stats["path_steps"].values()) == 4
     assert stats["routed"] == {p: 16 for p in stats["path_steps"]}
     stats = train_sdr_round(model, images, clusters, 0, epochs=1, batch_size=8, lr=0.01, momentum=0.9,
-                            weight_decay=0.0, kd_weight=1.0, device=torch.device("cpu"),
+                            weight_decay=0.0, kd_weight=1.0, compute=Compute(torch.device("cpu")),
                             generator=torch.Generator().manual_seed(0), who="test")
     assert stats["routed"] == {} and stats["path_steps"] == {}  # stage 0: the full network only
 

@@ -21,8 +21,23 @@ import torch
 import torch.nn.functional as F
 
 
+def _on(g: torch.Generator | None) -> torch.device:
+    """Where `g` draws: a CPU generator draws on the CPU (then the draws are copied to the images'
+    device), a CUDA generator on its GPU (no host-device copy; see `augmentation_generator`)."""
+    return g.device if g is not None else torch.device("cpu")
+
+
+def augmentation_generator(g: torch.Generator, device: torch.device) -> torch.Generator:
+    """The generator augmentations draw from on `device`: `g` itself on the CPU (the draws are those
+    of every earlier version), on a GPU a generator there seeded from `g`, so no random number has
+    to cross from host to device inside a step."""
+    if device.type == "cpu":
+        return g
+    return torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+
+
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=_on(g))
 
 
 def crop_boxes(n: int, size: tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), g=None, tries: int = 10):
@@ -37,13 +52,13 @@ def crop_boxes(n: int, size: tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4
     ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
     first = torch.argmax(ok.int(), dim=1)
     has = ok.any(dim=1)
-    w = w[torch.arange(n), first]
-    h = h[torch.arange(n), first]
+    w = w[torch.arange(n, device=first.device), first]
+    h = h[torch.arange(n, device=first.device), first]
     # fallback (no valid try): whole image, which lies inside `ratio` for square inputs
     w = torch.where(has, w, torch.full_like(w, W))
     h = torch.where(has, h, torch.full_like(h, H))
-    top = torch.floor(torch.rand(n, generator=g) * (H - h + 1))
-    left = torch.floor(torch.rand(n, generator=g) * (W - w + 1))
+    top = torch.floor(torch.rand(n, generator=g, device=_on(g)) * (H - h + 1))
+    left = torch.floor(torch.rand(n, generator=g, device=_on(g)) * (W - w + 1))
     return top, left, h, w
 
 
@@ -51,12 +66,12 @@ def resized_crop_flip(x: torch.Tensor, out_size: int, g: torch.Generator, flip_p
     """Crop a random box per image, resize it to out_size (bilinear) and flip with flip_p."""
     n, _, H, W = x.shape
     top, left, h, w = crop_boxes(n, (H, W), scale=scale, g=g)
-    flip = torch.rand(n, generator=g) < flip_p
+    flip = torch.rand(n, generator=g, device=_on(g)) < flip_p
     sx = w / W * torch.where(flip, -1.0, 1.0)
     sy = h / H
     cx = (left + w / 2) / W * 2 - 1
     cy = (top + h / 2) / H * 2 - 1
-    theta = torch.zeros(n, 2, 3)
+    theta = torch.zeros(n, 2, 3, device=_on(g))
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
     grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], out_size, out_size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -104,7 +119,7 @@ def color_jitter(x: torch.Tensor, g: torch.Generator, strength=(0.8, 0.8, 0.8, 0
     """ColorJitter(brightness, contrast, saturation, hue) applied to each image with probability p."""
     n = x.shape[0]
     bri, con, sat, hue = strength
-    apply = (torch.rand(n, generator=g) < p).float()
+    apply = (torch.rand(n, generator=g, device=_on(g)) < p).float()
 
     def factor(spread: float) -> torch.Tensor:
         f = _uniform(n, max(0.0, 1 - spread), 1 + spread, g)
@@ -112,23 +127,37 @@ def color_jitter(x: torch.Tensor, g: torch.Generator, strength=(0.8, 0.8, 0.8, 0
 
     fb, fc, fs = factor(bri), factor(con), factor(sat)
     fh = (apply * _uniform(n, -hue, hue, g)).to(x.device, x.dtype).view(n, 1, 1)
-    for op in torch.randperm(4, generator=g).tolist():
-        if op == 0:
-            x = (x * fb).clamp(0, 1)
-        elif op == 1:
-            mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-            x = (x * fc + mean * (1 - fc)).clamp(0, 1)
-        elif op == 2:
-            x = (x * fs + _gray(x) * (1 - fs)).clamp(0, 1)
-        elif hue > 0:
-            hsv = _rgb_to_hsv(x)
-            hsv = torch.stack((torch.remainder(hsv[:, 0] + fh, 1.0), hsv[:, 1], hsv[:, 2]), 1)
-            x = _hsv_to_rgb(hsv)
+
+    def brightness(x):
+        return (x * fb).clamp(0, 1)
+
+    def contrast(x):
+        return (x * fc + _gray(x).mean(dim=(1, 2, 3), keepdim=True) * (1 - fc)).clamp(0, 1)
+
+    def saturation(x):
+        return (x * fs + _gray(x) * (1 - fs)).clamp(0, 1)
+
+    def hue_shift(x):
+        if hue <= 0:
+            return x
+        hsv = _rgb_to_hsv(x)
+        return _hsv_to_rgb(torch.stack((torch.remainder(hsv[:, 0] + fh, 1.0), hsv[:, 1], hsv[:, 2]), 1))
+
+    ops = (brightness, contrast, saturation, hue_shift)
+    if _on(g).type == "cpu":
+        for op in torch.randperm(4, generator=g).tolist():
+            x = ops[op](x)
+        return x
+    # on a GPU the order stays on the device: each position computes the four operations and keeps
+    # the drawn one (more arithmetic, no device-to-host sync)
+    order = torch.randperm(4, generator=g, device=_on(g))
+    for position in range(4):
+        x = sum((order[position] == k).to(x.dtype) * op(x) for k, op in enumerate(ops))
     return x
 
 
 def random_grayscale(x: torch.Tensor, g: torch.Generator, p: float = 0.2) -> torch.Tensor:
-    use = (torch.rand(x.shape[0], generator=g) < p).to(x.device).view(-1, 1, 1, 1)
+    use = (torch.rand(x.shape[0], generator=g, device=_on(g)) < p).to(x.device).view(-1, 1, 1, 1)
     return torch.where(use, _gray(x).expand_as(x), x)
 
 

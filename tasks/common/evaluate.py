@@ -9,6 +9,7 @@ from torch import nn
 
 from protocol.checks import Bool, Choice, Float, Int, ListOf
 from tasks.common.augment import to_float
+from tasks.common.precision import Compute
 
 # eval.* (conf/config.yaml): the evaluation protocol of SPEC §4
 CONFIG = {
@@ -23,13 +24,19 @@ CONFIG = {
 
 
 @torch.no_grad()
-def extract_features(net: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Features of uint8 NHWC images, no augmentation, network in eval mode; returned on CPU."""
-    net.to(device).eval()
+def extract_features(net: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 512,
+                     compute: Compute | None = None) -> torch.Tensor:
+    """Features of uint8 NHWC images, no augmentation, network in eval mode; returned on CPU in
+    fp32. With `compute` the forward runs in its precision and memory format (fp32 without)."""
+    compute = compute or Compute(device)
+    net.to(compute.device).eval()
+    if compute.channels_last and isinstance(net, nn.Module):
+        net.to(memory_format=torch.channels_last)
     out = []
     for i in range(0, len(images), batch_size):
-        x = to_float(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])), device)
-        out.append(net(x).float().cpu())
+        x = compute.images(to_float(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])), compute.device))
+        with compute.autocast():
+            out.append(net(x).float().cpu())
     return torch.cat(out)
 
 
@@ -56,9 +63,10 @@ def knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=200, t
     return float((pred == torch.as_tensor(query_labels)).float().mean())
 
 
-def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torch.device, batch_size: int) -> list:
+def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torch.device, batch_size: int,
+                compute: Compute | None = None) -> list:
     """`extract_features` of `net` on each named image array of an evaluation-set dict."""
-    return [extract_features(net, sets[name], device, batch_size) for name in names]
+    return [extract_features(net, sets[name], device, batch_size, compute) for name in names]
 
 
 def knn_score(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: dict) -> float:

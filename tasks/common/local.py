@@ -14,6 +14,7 @@ from torch import nn
 
 from protocol.instructions import Instructions
 from tasks.common.arrays import layout_fingerprint
+from tasks.common.precision import Compute, compute_for
 from tasks.common.training import client_generator, resolve_device
 
 
@@ -51,6 +52,10 @@ class LocalRound:
 
     def device(self) -> torch.device:
         return resolve_device(str(self.cfg["device"]))
+
+    def compute(self) -> Compute:
+        """Device, precision and memory format of this client's training (`auto` on its own hardware)."""
+        return compute_for(self.cfg, self.device())
 
     def generator(self) -> torch.Generator:
         """The client's random stream for this round, seeded by (seed, round, partition id)."""

@@ -39,10 +39,31 @@ def client_generator(seed: int, server_round: int, partition_id: int) -> torch.G
     return torch.Generator().manual_seed(int(mixed))
 
 
-def sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor, who: str, epoch: int, step: int, fix: str) -> None:
-    """One optimizer step, refusing a NaN/inf loss with who, where (0-based epoch/step) and what to change."""
-    if not torch.isfinite(loss):
+def check_finite(losses: torch.Tensor, who: str, epoch: int, fix: str) -> None:
+    """An epoch's step losses, checked at once (one device sync): the first non-finite one stops
+    the run with the same message a per-step check gives."""
+    bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+    if len(bad):
+        step = int(bad[0])
+        raise NonFiniteLossError(f"{who}: non-finite loss ({losses[step].item()}) at epoch {epoch + 1}, "
+                                 f"step {step + 1}; {fix}")
+
+
+def sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor, who: str, epoch: int, step: int, fix: str,
+             scaler: torch.amp.GradScaler | None = None, check: bool = True) -> None:
+    """One optimizer step, refusing a NaN/inf loss with who, where (0-based epoch/step) and what to change.
+
+    With fp16 (`scaler`, tasks/common/precision.py) the loss is scaled before backward and the
+    step is skipped when the scaled gradients overflow (the scale then halves), as torch.amp does.
+    check=False leaves the finiteness check to the caller (`check_finite`, once per epoch on a GPU).
+    """
+    if check and not torch.isfinite(loss):
         raise NonFiniteLossError(f"{who}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; {fix}")
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()

@@ -30,12 +30,13 @@ def local_round(r: LocalRound) -> LocalResult:
         set_arrays(net, keys, r.received)
 
     images, labels = client_train(cfg, pid)
-    generator, device, rc = r.generator(), r.device(), cfg["reid"]
+    generator, compute, rc = r.generator(), r.compute(), cfg["reid"]
+    device = compute.device
     probe = None
     if ins.cdw:  # one batch of its data, fixed before training (SPEC §5)
         probe = images[np.sort(torch.randperm(len(images), generator=generator)[: int(rc["batch_size"])].numpy())]
         before = classifier_outputs(net, probe, device)
-    stats = train_local(net, images, labels, rc, int(rc["local_epochs"]), device, generator, r.who)
+    stats = train_local(net, images, labels, rc, int(rc["local_epochs"]), compute, generator, r.who)
     metrics = {**stats, "num_identities": n_ids}
     if probe is not None:
         metrics["cdw"] = cosine_distance_weight(before, classifier_outputs(net, probe, device))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.common.augment import to_float
+from tasks.common.precision import Compute
 from tasks.common.training import sgd_step
 from tasks.reid.model import ReIDNet
 
@@ -36,10 +37,13 @@ def _optimizer(net: ReIDNet, r: dict) -> torch.optim.Optimizer:
 
 
 def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, epochs: int,
-                device: torch.device, generator: torch.Generator, who: str) -> dict:
+                compute: Compute, generator: torch.Generator, who: str) -> dict:
     """E epochs of cross-entropy on the client's identities (SPEC §5); optimizer rebuilt each round.
-    Batch order, augmentation and dropout all draw from `generator`."""
-    net.to(device).train()
+    Batch order, augmentation and dropout all draw from `generator`; the forward runs in
+    `compute`'s precision, the cross-entropy in fp32."""
+    device = compute.device
+    compute.prepare(net).train()
+    scaler = compute.scaler()
     net.use_generator(generator)
     opt = _optimizer(net, r)
     bs = int(r["batch_size"])
@@ -49,9 +53,9 @@ def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, e
         order = torch.randperm(len(images), generator=generator).numpy()
         for step, i in enumerate(range(0, len(order) - bs + 1, bs)):
             idx = np.sort(order[i:i + bs])
-            x = flip_translate(to_float(torch.from_numpy(images[idx]), device), generator)
+            x = compute.images(flip_translate(to_float(torch.from_numpy(images[idx]), device), generator))
             loss = F.cross_entropy(net(x), y_all[idx].to(device))
-            sgd_step(opt, loss, who, epoch, step, "lower reid.lr_backbone / reid.lr_classifier")
+            sgd_step(opt, loss, who, epoch, step, "lower reid.lr_backbone / reid.lr_classifier", scaler)
             losses.append(loss.item())
             seen += bs
     seconds = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from protocol.layout import Layout
 from tasks.common.arrays import set_arrays
 from tasks.common.evaluate import features_on, knn_score, probe_score
 from tasks.common.federated_data import evaluation_sets
+from tasks.common.precision import compute_for
 from tasks.common.training import resolve_device
 from tasks.sdr.model import build_sdr_model
 
@@ -34,8 +35,8 @@ class PathFeatures:
         return self.net(x, self.path)
 
 
-def path_knn(net, sets: dict, path, device, ev: dict) -> float:
-    bank, test = features_on(PathFeatures(net, path), sets, ("x_bank", "x_test"), device, int(ev["batch_size"]))
+def path_knn(net, sets: dict, path, device, ev: dict, compute=None) -> float:
+    bank, test = features_on(PathFeatures(net, path), sets, ("x_bank", "x_test"), device, int(ev["batch_size"]), compute)
     return knn_score(bank, test, sets["y_test"], sets, ev)
 
 
@@ -53,10 +54,11 @@ class SDREvaluator:
         set_arrays(model, list(model.state_dict()), models["global"])
         net, ev, s = model.net, self.cfg["eval"], self.sets()
         device = resolve_device(str(self.cfg["device"]))
-        bank, test = features_on(net, s, ("x_bank", "x_test"), device, int(ev["batch_size"]))  # full SDRnet
+        compute = compute_for(self.cfg, device)
+        bank, test = features_on(net, s, ("x_bank", "x_test"), device, int(ev["batch_size"]), compute)  # full SDRnet
         out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, ev), "final": final}
         if final:
-            out["path_knn"] = {str(p): path_knn(net, s, p, device, ev) for p in range(net.num_paths)}
+            out["path_knn"] = {str(p): path_knn(net, s, p, device, ev, compute) for p in range(net.num_paths)}
             out["mean_path_knn"] = float(np.mean(list(out["path_knn"].values())))
             if ev["linear"]:
                 out["linear_accuracy"] = probe_score(bank, test, s, ev, int(self.cfg["seed"]))

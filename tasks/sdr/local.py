@@ -24,7 +24,8 @@ def local_round(r: LocalRound) -> LocalResult:
     r.check_layout(model, keys)
     if r.received:
         set_arrays(model, keys, r.received)
-    s, device = cfg["sdr"], r.device()
+    s, compute = cfg["sdr"], r.compute()
+    device = compute.device
     images = client_images(cfg, r.partition_id)
     feats = extract_features(model.net, images, device)
     clusters = assign_clusters(feats, model.centroids)
@@ -32,7 +33,7 @@ def local_round(r: LocalRound) -> LocalResult:
     stats = train_sdr_round(
         model, images, clusters, stage, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]),
         lr=round_lr(float(s["lr"]), rnd, int(cfg["num_rounds"])), momentum=float(s["momentum"]),
-        weight_decay=float(s["weight_decay"]), kd_weight=float(s["kd_weight"]), device=device,
+        weight_decay=float(s["weight_decay"]), kd_weight=float(s["kd_weight"]), compute=compute,
         generator=r.generator(), who=r.who)
     centroid = update_centroids(model, feats.to(device), int(s["centroid_steps"]), float(s["centroid_lr"]),
                                 float(s["cluster_temperature"]), float(s["sinkhorn_epsilon"]))

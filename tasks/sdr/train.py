@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tasks.common.augment import byol_view, to_float
 from tasks.common.losses import negative_cosine, sinkhorn
+from tasks.common.precision import Compute
 from tasks.common.training import sgd_step
 from tasks.sdr.model import SDRSimSiam
 
@@ -82,7 +83,7 @@ def update_centroids(model: SDRSimSiam, features: torch.Tensor, steps: int, lr: 
 
 def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray, stage: int, *, epochs: int,
                     batch_size: int, lr: float, momentum: float, weight_decay: float, kd_weight: float,
-                    device: torch.device, generator: torch.Generator, who: str) -> dict:
+                    compute: Compute, generator: torch.Generator, who: str) -> dict:
     """E epochs: every step SimSiam on the full SDRnet (batch of all data) and, from stage 1 on,
     SimSiam + SiamKD on one path of the stage (batch of the data routed to it). Returns the loss,
     the samples routed to each path it trained (stage mapping) and the path batches trained."""
@@ -93,7 +94,9 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
     trainable = {p: idx for p, idx in by_path.items() if len(idx) >= 2}  # BatchNorm needs two samples
     params = [p for n, p in model.named_parameters() if n != "centroids"]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    model.to(device).train()
+    device = compute.device
+    compute.prepare(model).train()
+    scaler = compute.scaler()
     data = torch.from_numpy(np.ascontiguousarray(images))
     steps = len(images) // batch_size
     if steps == 0:
@@ -104,19 +107,20 @@ def train_sdr_round(model: SDRSimSiam, images: np.ndarray, clusters: np.ndarray,
         order = torch.randperm(len(images), generator=generator)
         for step in range(steps):
             x = to_float(data[order[step * batch_size:(step + 1) * batch_size]], device)
-            loss, _, _ = model.simsiam(byol_view(x, generator), byol_view(x, generator), None)
-            if paths:
-                p = paths[int(torch.randint(len(paths), (1,), generator=generator))]
-                idx = trainable[p]
-                pick = idx[torch.randperm(len(idx), generator=generator)[:batch_size].numpy()]
-                y = to_float(data[np.sort(pick)], device)
-                y1, y2 = byol_view(y, generator), byol_view(y, generator)
-                lp, p1, p2 = model.simsiam(y1, y2, p)
-                with torch.no_grad():
-                    z1, z2 = model.project(y1, None), model.project(y2, None)
-                loss = loss + lp + kd_weight * 0.5 * (siam_kd(p1, z1) + siam_kd(p2, z2))
-                path_steps[p] = path_steps.get(p, 0) + 1
-            sgd_step(opt, loss, who, epoch, step, "lower sdr.lr")
+            with compute.autocast():  # SDRnet's routed forward is not a forward(); its heads cast back to fp32
+                loss, _, _ = model.simsiam(byol_view(x, generator), byol_view(x, generator), None)
+                if paths:
+                    p = paths[int(torch.randint(len(paths), (1,), generator=generator))]
+                    idx = trainable[p]
+                    pick = idx[torch.randperm(len(idx), generator=generator)[:batch_size].numpy()]
+                    y = to_float(data[np.sort(pick)], device)
+                    y1, y2 = byol_view(y, generator), byol_view(y, generator)
+                    lp, p1, p2 = model.simsiam(y1, y2, p)
+                    with torch.no_grad():
+                        z1, z2 = model.project(y1, None), model.project(y2, None)
+                    loss = loss + lp + kd_weight * 0.5 * (siam_kd(p1, z1) + siam_kd(p2, z2))
+                    path_steps[p] = path_steps.get(p, 0) + 1
+            sgd_step(opt, loss, who, epoch, step, "lower sdr.lr", scaler)
             losses.append(loss.detach())
     seconds = time.perf_counter() - t0
     return {"loss": float(torch.stack(losses).mean()), "train_seconds": seconds,

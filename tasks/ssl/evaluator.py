@@ -17,6 +17,7 @@ from tasks.common.evaluate import (
     recalibrate_batchnorm,
 )
 from tasks.common.federated_data import dataset_from_cfg, evaluation_sets
+from tasks.common.precision import compute_for
 from tasks.common.training import resolve_device
 from tasks.ssl.model import build_federated_method
 
@@ -54,11 +55,12 @@ class RepresentationEvaluator:
         encoder = self.encoder(arrays)
         net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
         bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
-        bank, test = features_on(net, s, names, device, bs)
+        compute = compute_for(self.cfg, device)
+        bank, test = features_on(net, s, names, device, bs, compute)
         out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, self.ev)}
         if final and self.ev["linear"]:
             if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
-                bank, test = features_on(encoder.backbone, s, names, device, bs)
+                bank, test = features_on(encoder.backbone, s, names, device, bs, compute)
             out["linear_accuracy"] = probe_score(bank, test, s, self.ev, int(self.cfg["seed"]))
         if final and self.ev.get("semi"):
             out.update(self.semi_supervised(encoder.backbone, device))

@@ -43,7 +43,7 @@ def local_round(r: LocalRound) -> LocalResult:
     lr = round_lr(float(ssl["lr"]), rnd, rounds, str(ssl.get("lr_schedule", "cosine")))
     stats = train_one_round(
         method, images, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]), lr=lr,
-        momentum=float(ssl["momentum"]), weight_decay=float(ssl["weight_decay"]), device=r.device(),
+        momentum=float(ssl["momentum"]), weight_decay=float(ssl["weight_decay"]), compute=r.compute(),
         generator=r.generator(), progress_start=(rnd - 1) / rounds, progress_span=1 / rounds, who=r.who,
     )
     after = get_arrays(method, [keys[i] for i in div_idx])

@@ -7,8 +7,9 @@ import time
 import numpy as np
 import torch
 
-from tasks.common.augment import make_views, to_float
-from tasks.common.training import sgd_step
+from tasks.common.augment import augmentation_generator, make_views, to_float
+from tasks.common.precision import Compute
+from tasks.common.training import check_finite, sgd_step
 from tasks.ssl.methods.base import SSLMethod
 
 
@@ -21,7 +22,7 @@ def train_one_round(
     lr: float,
     momentum: float,
     weight_decay: float,
-    device: torch.device,
+    compute: Compute,
     generator: torch.Generator,
     progress_start: float,
     progress_span: float,
@@ -31,28 +32,34 @@ def train_one_round(
 
     The optimizer is rebuilt each round (SPEC §1.1); batches drop the last incomplete one.
     progress_start/progress_span place this round in the client's whole run (for schedules
-    such as BYOL's cosine tau). Raises NonFiniteLossError naming `who` on a NaN/inf loss.
+    such as BYOL's cosine tau). Forward passes run in `compute`'s precision and memory format,
+    the loss and the updates in fp32. Raises NonFiniteLossError naming `who` on a NaN/inf loss.
     """
     n = len(images)
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{who}: {n} examples is fewer than batch_size={batch_size}; lower batch_size")
-    method.to(device).train()
+    compute.prepare(method).train()
     opt = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    data = torch.from_numpy(np.ascontiguousarray(images))
+    scaler = compute.scaler()
+    device, on_cpu = compute.device, compute.device.type == "cpu"
+    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # the round's images stay on the device
+    aug = augmentation_generator(generator, device)
+    fix = f"lower the learning rate (ssl.lr={lr:g} this round) or check the data"
     total_steps = epochs * steps_per_epoch
     losses, t0 = [], time.perf_counter()
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x = to_float(data[idx], device)
-            loss = method.loss(make_views(x, method.views, generator), generator)
-            sgd_step(opt, loss, who, epoch, step,
-                     f"lower the learning rate (ssl.lr={lr:g} this round) or check the data")
+            x = to_float(data[order[step * batch_size : (step + 1) * batch_size]], device)
+            loss = method.loss([compute.images(v) for v in make_views(x, method.views, aug)], aug)
+            # on a GPU the finiteness check waits for the epoch's end (no sync per step)
+            sgd_step(opt, loss, who, epoch, step, fix, scaler, check=on_cpu)
             done = epoch * steps_per_epoch + step + 1
             method.after_step(progress_start + progress_span * done / total_steps)
             losses.append(loss.detach())
+        if not on_cpu:
+            check_finite(torch.stack(losses[-steps_per_epoch:]), who, epoch, fix)
     return {
         "loss": float(torch.stack(losses).mean()),
         "steps": total_steps,
