@@ -11,16 +11,20 @@ state-dir=<folder> keeps its per-round client state on disk for resume.
 
 from __future__ import annotations
 
+import logging
 import shlex
 from functools import lru_cache
 from pathlib import Path
 
 from flwr.client import ClientApp
+from flwr.common import log
 from flwr.server import ServerApp
 from flwr.server.compat import start_grid
 
 from app.config import compose, to_plain
-from app.federation import Federation, build_client, client_resources, prepare
+from app.federation import Federation, build_client, client_resources, compute_line, compute_settings, prepare
+from app.progress import for_run
+from app.schema import clients_per_round
 from app.resume import run_config
 
 
@@ -44,6 +48,9 @@ def _server_main(grid, context) -> None:
     federation = server_federation(context)
     report = federation.report
     report.start()
+    compute = report.summary["compute"] = compute_settings(federation.cfg)
+    log(logging.INFO, compute_line(compute))
+    report.progress = for_run(federation.cfg, clients_per_round(federation.cfg))  # SuperNodes train side by side
     components = federation.server_components()
     try:
         start_grid(grid=grid, strategy=components.strategy, config=components.config)

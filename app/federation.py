@@ -10,6 +10,7 @@ it, and both build clients with `build_client`, so the two modes cannot drift ap
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,28 @@ from protocol.layout import Layout
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
 
 
+THREAD_SCALING = 0.83  # one client on t threads trains t**0.83 times as fast as on one (measured, issue 13)
+
+
+def plan_cores(per_round: int, cores: int) -> tuple[int, int]:
+    """(clients in parallel, threads each) that finish a round of `per_round` equal clients soonest
+    on `cores`: waves of `parallel` clients, no idle core in a last wave when fewer threads on more
+    clients do not pay (5 clients on 2 cores: one at a time on 2 threads; 10: two at a time on 1)."""
+    def round_time(parallel: int) -> tuple[float, int]:
+        threads = cores // parallel
+        return math.ceil(per_round / parallel) / threads ** THREAD_SCALING, -parallel
+
+    parallel = min(range(1, max(1, min(per_round, cores)) + 1), key=round_time)
+    return parallel, max(1, cores // parallel)
+
+
 def client_resources(cfg: dict) -> dict:
-    """CPUs/GPUs per simulated client; `auto` runs as many clients in parallel as cores allow."""
+    """CPUs/GPUs per simulated client; `auto` plans them from the clients per round and the cores."""
     res = cfg["client_resources"]
     cores = os.cpu_count() or 1
-    parallel = min(clients_per_round(cfg), cores)
+    parallel, threads = plan_cores(clients_per_round(cfg), cores)
     num_cpus = res["num_cpus"]
-    num_cpus = max(1, cores // parallel) if num_cpus == "auto" else int(num_cpus)
+    num_cpus = threads if num_cpus == "auto" else int(num_cpus)
     num_gpus = res["num_gpus"]
     if num_gpus == "auto":
         import torch
@@ -46,6 +62,24 @@ def client_resources(cfg: dict) -> dict:
         use_gpu = str(cfg["device"]) != "cpu" and torch.cuda.is_available()
         num_gpus = (torch.cuda.device_count() / min(parallel, 4 * torch.cuda.device_count())) if use_gpu else 0.0
     return {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}
+
+
+def compute_settings(cfg: dict) -> dict:
+    """What the server's hardware makes of `device`, `precision` and friends, and why (a client
+    resolves `auto` again on its own hardware), with the cores plan; for the log and summary.json."""
+    from tasks.common.precision import compute_for
+    from tasks.common.training import resolve_device
+
+    parallel, threads = plan_cores(clients_per_round(cfg), os.cpu_count() or 1)
+    return {**compute_for(cfg, resolve_device(str(cfg["device"]))).describe(),
+            "transfer_dtype": str(cfg.get("transfer_dtype", "float32")), "parallel_clients": parallel,
+            "threads_per_client": int(client_resources(cfg)["num_cpus"])}
+
+
+def compute_line(c: dict) -> str:
+    return (f"compute: {c['precision']} on {c['device']} ({c['precision_reason']}), channels_last="
+            f"{c['channels_last']}, compile={c['compile']}, weights travel as {c['transfer_dtype']}, "
+            f"{c['parallel_clients']} client(s) in parallel x {c['threads_per_client']} thread(s)")
 
 
 def build_layout(cfg: dict) -> tuple[Layout, list]:
@@ -106,14 +140,16 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
 
     hooks = ServerHooks(evaluate=task.evaluator(cfg, layout), report=report.report, save_checkpoint=checkpoint,
                         save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None),
-                        **task.server_hooks(cfg))
+                        round_started=lambda rnd, n: report.progress.round_started(rnd, n),
+                        client_done=lambda n: report.progress.client_done(n), **task.server_hooks(cfg))
     strategy = make_strategy(
         layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
         num_clients=cfg["num_clients"], fraction_fit=float(cfg["fraction_fit"]),
         min_fit_clients=int(cfg["min_fit_clients"]), eval_every=int(cfg["eval_every"]),
         eval_at_start=bool(cfg["eval"]["at_start"]), seed=int(cfg["seed"]),
         norm_bound=None if cfg.get("norm_bound") is None else float(cfg["norm_bound"]),
-        checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state)
+        checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state,
+        transfer_dtype=str(cfg.get("transfer_dtype", "float32")))
     return Federation(cfg, strategy, report, resume_state)
 
 

@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from app.progress import Progress
 from app.summary import SummarySchema, fail
 
 log = logging.getLogger("fedssl")
@@ -39,6 +40,8 @@ class RunReport:
         else:
             self.summary = schema.new(cfg, task, str(self.out_dir))
         self.t0 = time.perf_counter() - self.summary["wall_seconds"]
+        done = int(resume_state["round"]) if resume_state is not None else 0
+        self.progress = Progress(int(cfg["num_rounds"]), 1, show=False, done_rounds=done)  # the run replaces it
 
     def start(self) -> None:
         """Create the output directory, write summary.json, log to its main.log, start (or resume) W&B."""
@@ -72,6 +75,8 @@ class RunReport:
         """Hook for the strategy: store one round's record, print a line, save, log."""
         self.schema.add(self.summary, record, self.cfg["num_rounds"])
         self.summary["wall_seconds"] = time.perf_counter() - self.t0
+        if int(record["round"]) > 0:
+            self.progress.round_finished(record.get("wall_seconds"))
         log.info(self.schema.progress_line(record, self.cfg["num_rounds"]))
         self._save()
         if self.wandb is not None:
@@ -83,6 +88,7 @@ class RunReport:
         self._save()
 
     def finish(self) -> dict:
+        self.progress.close()
         if self.summary["status"] == "running":
             fail(self.summary, self.summary["error"] or (
                 f"the federation stopped after {len(self.summary['rounds'])} of "

@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 
 from app.config import centralise
-from app.federation import Federation, build_client_app, build_server_app, client_resources, prepare
+from app.calibrate import first_round_estimate
+from app.federation import (Federation, build_client_app, build_layout, build_server_app, client_resources,
+                            compute_line, compute_settings, prepare)
+from app.progress import Progress, for_run
 from app.report import RunReport
 
 log = logging.getLogger("fedssl")
@@ -35,6 +38,17 @@ def cpu_warning(cfg: dict) -> None:
         )
 
 
+def live_progress(cfg: dict, federation: Federation, compute: dict) -> Progress:
+    """The live round line; on a terminal, timed first by a few real training steps."""
+    done = int(federation.resume_state["round"]) if federation.resume_state else 0
+    progress = for_run(cfg, compute["parallel_clients"], done_rounds=done)
+    if progress.show:
+        layout, initial = build_layout(cfg)
+        progress.first_round_estimate = first_round_estimate(
+            cfg, layout, initial, compute["parallel_clients"], compute["threads_per_client"])
+    return progress
+
+
 def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> RunReport:
     """Simulate the federation described by the resolved config `cfg`; write results to out_dir.
 
@@ -48,6 +62,9 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
     cpu_warning(cfg)
     report = federation.report
     report.start()
+    compute = report.summary["compute"] = compute_settings(cfg)
+    log.info(compute_line(compute))
+    report.progress = live_progress(cfg, federation, compute)
     resources = client_resources(cfg)
     init_args = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if cfg["ray"].get("address"):

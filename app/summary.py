@@ -48,7 +48,7 @@ class SummarySchema:
             "ssl": cfg["ssl"]["name"], "dataset": cfg["dataset"]["name"], "partition": cfg["partition"]["name"],
             "num_clients": cfg["num_clients"], "num_rounds": cfg["num_rounds"], "config": cfg, "rounds": [],
             "initial_eval": None, self.metrics.series.name: [], "final": {}, "failures": [], "rejected": [],
-            "wall_seconds": 0.0, "checkpoint": None, "output_dir": out_dir,
+            "wall_seconds": 0.0, "checkpoint": None, "output_dir": out_dir, "compute": None,
             "wandb": {"mode": cfg["wandb"]["mode"], "run_id": None, "dir": None},
         }
 

@@ -4,8 +4,10 @@ fit: read the round's Instructions from the fit config (the strategy's only chan
 recover its saved state after a restart, hand the received weights, what it kept and its notes to
 the task's `local_round` (tasks/<task>/local.py, given by the task's registry row), keep what the
 task says to keep, and pack the upload. Everything it must remember between rounds is in
-`context.state`, because Flower builds a new client object every round; with checkpointing on it
-is also written to its own disk, so a restarted client continues from its own state.
+`context.state`, because Flower builds a new client object every round, in its smallest form: its
+notes there, its weights in its state dir (clients/state_store.py, the run's `client_state/<id>/`
+in a simulation, the SuperNode's `state-dir`), read back only when it trains again; without a
+state dir they stay in `context.state`. A restarted client continues from its saved state.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from flwr.client import NumPyClient
 
 from clients import faults, state_store
 from protocol.instructions import Instructions
+from protocol.transfer import decode, encode
 from tasks.common.local import LocalResult, LocalRound
 from tasks.common.training import NonFiniteLossError, use_threads
 
-STATE_WEIGHTS = "fedssl.local_weights"
-STATE_INFO = "fedssl.client_info"
+STATE_WEIGHTS = state_store.WEIGHTS  # context.state record names (weights only without a state dir)
+STATE_INFO = state_store.INFO
 
 
 class TaskClient(NumPyClient):
@@ -41,29 +44,45 @@ class TaskClient(NumPyClient):
         ins = Instructions.from_config(config)
         rnd = int(ins.server_round)
         faults.before_training(self.cfg.get("faults") or {}, self.pid, rnd)
-        self._recover(int(ins.resume_round))
         use_threads(self.threads)
-        kept = self.state[STATE_WEIGHTS].to_torch_state_dict() if STATE_WEIGHTS in self.state else None
-        info = dict(self.state[STATE_INFO]) if STATE_INFO in self.state else {}
+        kept, info = self._kept(int(ins.resume_round))
         try:
-            out = self.local_round(LocalRound(self.cfg, self.pid, ins, list(parameters or []), kept, info))
+            received = decode(list(parameters or []), None, ins.transfer_dtype)
+            out = self.local_round(LocalRound(self.cfg, self.pid, ins, received, kept, info))
         except NonFiniteLossError as err:
             return [], 0, {"partition_id": self.pid, "fatal_error": str(err)}
         info.update(out.info)
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
         self._persist(out, info, ins)
-        upload = faults.corrupt(self.cfg.get("faults") or {}, out.upload, self.pid, rnd)
+        upload = encode(faults.corrupt(self.cfg.get("faults") or {}, out.upload, self.pid, rnd), ins.transfer_dtype)
         return upload, out.num_examples, {"partition_id": self.pid, **out.metrics}
 
-    def _persist(self, out: LocalResult, info: dict, ins: Instructions) -> None:
-        """Keep what the task says in context.state, and on disk when the run checkpoints."""
-        self.state[STATE_WEIGHTS] = ArrayRecord(out.kept)
-        self.state[STATE_INFO] = ConfigRecord(info)
-        if int(ins.checkpoint_every) > 0 and self.state_dir is not None:
-            state_store.save(self.state_dir, int(ins.server_round), self.state, keep_from=int(ins.last_checkpoint))
+    def _kept(self, resume_round: int) -> tuple[dict | None, dict]:
+        """(what this client kept, its notes); (None, {}) at its first participation.
 
-    def _recover(self, resume_round: int) -> None:
-        """After a restart the in-memory state is empty: reload the saved one (<= resume_round)."""
-        if STATE_WEIGHTS in self.state or resume_round <= 0 or self.state_dir is None:
-            return
-        state_store.restore(self.state_dir, resume_round, self.state)
+        Nothing in memory: a first participation, or a restarted client whose run resumes at
+        `resume_round` (it reloads its newest state <= resume_round from its state dir)."""
+        if STATE_INFO not in self.state:
+            if self.state_dir is None:
+                return None, {}
+            if resume_round <= 0:
+                state_store.clear(self.state_dir)  # a fresh run: files there belong to another run
+                return None, {}
+            restored = state_store.restore(self.state_dir, resume_round)
+            return (None, {}) if restored is None else (restored[1], restored[2])
+        info = dict(self.state[STATE_INFO])
+        if STATE_WEIGHTS in self.state:
+            return self.state[STATE_WEIGHTS].to_torch_state_dict(), info
+        return state_store.load(self.state_dir, int(info["state_round"]))[0], info
+
+    def _persist(self, out: LocalResult, info: dict, ins: Instructions) -> None:
+        """Keep the weights on disk when there is a state dir (in context.state otherwise), the
+        notes in context.state. Without checkpoints only the newest file is kept."""
+        rnd = int(ins.server_round)
+        if self.state_dir is None:
+            self.state[STATE_WEIGHTS] = ArrayRecord(out.kept)
+        else:
+            info["state_round"] = rnd
+            keep_from = int(ins.last_checkpoint) if int(ins.checkpoint_every) > 0 else rnd
+            state_store.save(self.state_dir, rnd, out.kept, info, keep_from=keep_from)
+        self.state[STATE_INFO] = ConfigRecord(info)

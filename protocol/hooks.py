@@ -24,6 +24,8 @@ class ServerHooks:
         (resume); called every `checkpoint_every` rounds and after the last one.
     distill(student, teachers, round) -> (arrays, loss): server-side knowledge distillation
         (FedPav, SPEC §5); None when the task has none.
+    round_started(round, clients), client_done(num_examples): a round began with this many
+        clients; one client's answer arrived (the live progress line, app/progress.py).
     """
 
     evaluate: Callable[[int, dict[str, NDArrays], bool], dict]
@@ -31,3 +33,5 @@ class ServerHooks:
     save_checkpoint: Callable[[dict[str, NDArrays], int], str]
     save_state: Callable[[int, NDArrays, dict], None] = lambda rnd, arrays, state: None
     distill: Callable[[NDArrays, list[NDArrays], int], tuple[NDArrays, float]] | None = None
+    round_started: Callable[[int, int], None] = lambda rnd, clients: None
+    client_done: Callable[[int], None] = lambda num_examples: None

@@ -16,6 +16,8 @@ bool); a key that is absent takes its default.
   Parts that never travel (BYOL's target, MoCo's key encoder and queue, a re-ID classifier) are
   always kept.
 - cdw: also report FedPav's cosine-distance weight (SPEC §5).
+- transfer_dtype: the dtype float32 weights travel in, both ways (protocol/transfer.py): the
+  client decodes what it receives and encodes its upload with it.
 - resume_round, checkpoint_every, last_checkpoint: where a restarted client finds its saved state
   and which of its state files it may prune.
 """
@@ -40,6 +42,7 @@ class Instructions:
     keep_optional: bool = False
     keep_everything: bool = False
     cdw: bool = False
+    transfer_dtype: str = "float32"
     resume_round: int = 0
     checkpoint_every: int = 0
     last_checkpoint: int = 0

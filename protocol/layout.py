@@ -34,6 +34,8 @@ class Layout:
     regions: (array index, first row, end row, block, group) of every SDR individual group's slice,
         aggregated over the clients that trained that group (SPEC §6); path_groups[p] = path p's
         group per block.
+    dtypes: each array's NumPy dtype name ("float32", "int64"), to decode half-precision
+        transfers (protocol/transfer.py).
     """
 
     keys: list[str]
@@ -43,6 +45,11 @@ class Layout:
     divergence_layers: list[int] = field(default_factory=list)
     regions: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     path_groups: list[tuple[int, ...]] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=list)
+
+    def wire_dtypes(self) -> list[str]:
+        """Each array's own dtype (float32 where the layout was built without them)."""
+        return list(self.dtypes) or ["float32"] * len(self.keys)
 
     def check(self, arrays: NDArrays) -> str | None:
         """Why `arrays` is not a valid update in this layout, or None if it is."""

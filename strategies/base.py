@@ -35,10 +35,11 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from protocol.checks import Bool
+from protocol.checks import Bool, Choice
 from protocol.hooks import RunStopped, ServerHooks
 from protocol.instructions import Instructions
 from protocol.layout import Layout
+from protocol.transfer import TRANSFER_DTYPES, decode, encode
 from protocol.weights import NDArrays, weighted_average
 from strategies.failures import TrackedClient, error_text, failed_partition
 
@@ -57,12 +58,13 @@ class FedSSL(FedAvg):
                  num_clients: int, fraction_fit: float = 1.0, min_fit_clients: int = 1, eval_every: int = 10,
                  eval_at_start: bool = False, seed: int = 0, norm_bound: float | None = None,
                  checkpoint_every: int = 0, resume_from: dict | None = None, name: str = "fedavg",
-                 pool_clients: bool = False):
+                 pool_clients: bool = False, transfer_dtype: str = "float32"):
         super().__init__(fraction_fit=fraction_fit, fraction_evaluate=0.0, min_fit_clients=min_fit_clients,
                          min_evaluate_clients=0, min_available_clients=num_clients,
                          initial_parameters=ndarrays_to_parameters(initial_arrays), accept_failures=True)
         self.layout, self.hooks, self.name = layout, hooks, name
         self.pool_clients = Bool().check(pool_clients, "strategy.pool_clients")
+        self.transfer_dtype = Choice(options=TRANSFER_DTYPES).check(transfer_dtype, "transfer_dtype")
         self.num_rounds, self.num_clients, self.seed = num_rounds, num_clients, seed
         self.eval_every, self.eval_at_start, self.norm_bound = eval_every, eval_at_start, norm_bound
         self.checkpoint_every = checkpoint_every
@@ -113,7 +115,8 @@ class FedSSL(FedAvg):
     def instructions(self, server_round: int, pid: int) -> Instructions:
         """What client `pid` is told this round; subclasses change what they decide."""
         return Instructions(server_round=server_round, layout=self.layout.fingerprint,
-                            layout_options=dict(self.layout.options), resume_round=self.round_offset,
+                            layout_options=dict(self.layout.options), transfer_dtype=self.transfer_dtype,
+                            resume_round=self.round_offset,
                             checkpoint_every=self.checkpoint_every, last_checkpoint=self.last_checkpoint)
 
     def sends_weights_to(self, pid: int) -> bool:
@@ -123,6 +126,7 @@ class FedSSL(FedAvg):
         server_round += self.round_offset
         self._round_start = time.perf_counter()
         chosen = self.sample_clients(server_round, client_manager)
+        parameters = self.on_the_wire(parameters)
         empty = Parameters(tensors=[], tensor_type="numpy.ndarray")
         instructions, sent = [], 0
         for c in chosen:
@@ -130,10 +134,17 @@ class FedSSL(FedAvg):
             params = parameters if self.sends_weights_to(pid) else empty
             sent += sum(len(t) for t in params.tensors)
             config = self.instructions(server_round, pid).to_config()
-            instructions.append((TrackedClient(c, pid), FitIns(params, config)))
+            instructions.append((TrackedClient(c, pid, self.hooks.client_done), FitIns(params, config)))
         self.record = {"round": server_round, "selected": sorted(self.pid_of[c.cid] for c in chosen),
                        "bytes_sent": 0 if self.pool_clients else sent, "clients": {}, "failures": [], "rejected": []}
+        self.hooks.round_started(server_round, len(chosen))
         return instructions
+
+    def on_the_wire(self, parameters: Parameters) -> Parameters:
+        """The global weights as they travel this run (transfer_dtype); the server keeps fp32."""
+        if self.transfer_dtype == "float32":
+            return parameters
+        return ndarrays_to_parameters(encode(parameters_to_ndarrays(parameters), self.transfer_dtype))
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return []  # representations are evaluated centrally (SPEC §4)
@@ -166,8 +177,11 @@ class FedSSL(FedAvg):
             self.pid_of[proxy.cid] = pid
             if "fatal_error" in metrics:
                 raise RunStopped(str(metrics["fatal_error"]))
-            arrays = parameters_to_ndarrays(res.parameters)
-            why = self._reject(arrays, res.num_examples)
+            try:
+                arrays = decode(parameters_to_ndarrays(res.parameters), self.layout.wire_dtypes(), self.transfer_dtype)
+                why = self._reject(arrays, res.num_examples)
+            except ValueError as err:
+                why = str(err)
             if why is not None:
                 rec["rejected"].append({"partition_id": pid, "round": server_round, "reason": why})
                 log(WARNING, "round %s: update of client %s rejected: %s", server_round, pid, why)

@@ -21,17 +21,21 @@ class ClientFailed(RuntimeError):
 
 
 class TrackedClient(ClientProxy):
-    """Wraps a ClientProxy for one fit call so that a failure names the client it came from."""
+    """Wraps a ClientProxy for one fit call so that a failure names the client it came from, and
+    `on_done(num_examples)` hears of each answer as it arrives (the live progress line)."""
 
-    def __init__(self, inner: ClientProxy, partition_id: int):
+    def __init__(self, inner: ClientProxy, partition_id: int, on_done=None):
         super().__init__(inner.cid)
-        self.inner, self.partition_id = inner, partition_id
+        self.inner, self.partition_id, self.on_done = inner, partition_id, on_done
 
     def fit(self, ins, timeout, group_id):
         try:
-            return self.inner.fit(ins, timeout=timeout, group_id=group_id)
+            res = self.inner.fit(ins, timeout=timeout, group_id=group_id)
         except BaseException as err:  # noqa: BLE001 - re-raised with the client's id
             raise ClientFailed(self.partition_id, err) from err
+        if self.on_done is not None:
+            self.on_done(int(getattr(res, "num_examples", 0)))
+        return res
 
     def get_properties(self, ins, timeout, group_id):
         return self.inner.get_properties(ins, timeout, group_id)

@@ -6,14 +6,14 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from app import deployment
-from app.federation import client_resources
+from app.federation import client_resources, plan_cores
 from strategies import FedU, Standalone
 
 
-def test_auto_resources_run_as_many_clients_in_parallel_as_cores(make_cfg):
+def test_auto_resources_follow_the_cores_plan(make_cfg):
     cores = os.cpu_count()
     res = client_resources(make_cfg("num_clients=5"))
-    assert res == {"num_cpus": max(1, cores // min(5, cores)), "num_gpus": 0.0}
+    assert res == {"num_cpus": plan_cores(5, cores)[1], "num_gpus": 0.0}
     assert client_resources(make_cfg("num_clients=1"))["num_cpus"] == cores
     assert client_resources(make_cfg("client_resources.num_cpus=3"))["num_cpus"] == 3
 
