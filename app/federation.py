@@ -70,10 +70,11 @@ def compute_settings(cfg: dict) -> dict:
     from tasks.common.precision import compute_for
     from tasks.common.training import resolve_device
 
-    parallel, threads = plan_cores(clients_per_round(cfg), os.cpu_count() or 1)
+    threads = int(client_resources(cfg)["num_cpus"])
+    parallel = max(1, min(clients_per_round(cfg), (os.cpu_count() or 1) // threads))
     return {**compute_for(cfg, resolve_device(str(cfg["device"]))).describe(),
             "transfer_dtype": str(cfg.get("transfer_dtype", "float32")), "parallel_clients": parallel,
-            "threads_per_client": int(client_resources(cfg)["num_cpus"])}
+            "threads_per_client": threads}
 
 
 def compute_line(c: dict) -> str:

@@ -52,16 +52,19 @@ class Progress:
         with self._lock:
             self.round, self.clients, self.done, self.images = server_round, clients, 0, 0
             self.started = time.perf_counter()
-        if self.show and self._thread is None:
+        if self.show and self._thread is None:  # first drawn after `refresh`, below Flower's round-start lines
             self._thread = threading.Thread(target=self._loop, name="fedssl-progress", daemon=True)
             self._thread.start()
-        self.render()
 
     def client_done(self, num_examples: int) -> None:
         with self._lock:
             self.done += 1
             self.images += int(num_examples)
-        self.render()
+            last = self.done >= self.clients
+        if last:  # Flower logs the aggregation next: leave it a clean line
+            self.clear()
+        else:
+            self.render()
 
     def round_finished(self, wall_seconds: float | None = None) -> None:
         """The round's record is about to be printed: remember its time, clear the line."""
@@ -115,7 +118,7 @@ class Progress:
 
     # ------------------------------------------------------------------ drawing
     def render(self) -> None:
-        if not self.show or not self.round:
+        if not self.show or not self.round or self.done >= self.clients:
             return
         text = self.line()
         with self._lock:

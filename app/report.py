@@ -17,6 +17,7 @@ from pathlib import Path
 
 from app.progress import Progress
 from app.summary import SummarySchema, fail
+from tasks.common.memory import release_memory
 
 log = logging.getLogger("fedssl")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job-logging format
@@ -81,6 +82,7 @@ class RunReport:
         self._save()
         if self.wandb is not None:
             self.wandb.log(self.schema.wandb_values(record), step=int(record["round"]))
+        release_memory()  # the round's updates and evaluation models are gone
 
     # ------------------------------------------------------------------ end of run
     def fail(self, error: str) -> None:

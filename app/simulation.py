@@ -10,7 +10,7 @@ from app.config import centralise
 from app.calibrate import first_round_estimate
 from app.federation import (Federation, build_client_app, build_layout, build_server_app, client_resources,
                             compute_line, compute_settings, prepare)
-from app.progress import Progress, for_run
+from app.progress import Progress, clock, for_run
 from app.report import RunReport
 
 log = logging.getLogger("fedssl")
@@ -44,8 +44,12 @@ def live_progress(cfg: dict, federation: Federation, compute: dict) -> Progress:
     progress = for_run(cfg, compute["parallel_clients"], done_rounds=done)
     if progress.show:
         layout, initial = build_layout(cfg)
-        progress.first_round_estimate = first_round_estimate(
-            cfg, layout, initial, compute["parallel_clients"], compute["threads_per_client"])
+        estimate = first_round_estimate(cfg, layout, initial, compute["parallel_clients"], compute["threads_per_client"])
+        progress.first_round_estimate = estimate
+        if estimate is not None:
+            log.info("estimate from three training steps: a round trains in ~%s, the run's %d rounds in ~%s "
+                     "(evaluation extra)", clock(estimate), cfg["num_rounds"] - done,
+                     clock(estimate * (cfg["num_rounds"] - done)))
     return progress
 
 
@@ -66,6 +70,8 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
     log.info(compute_line(compute))
     report.progress = live_progress(cfg, federation, compute)
     resources = client_resources(cfg)
+    # Ray's workers inherit this: fewer malloc arenas, less memory held by freed tensors (issue 13)
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     init_args = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if cfg["ray"].get("address"):
         init_args["address"] = cfg["ray"]["address"]

@@ -22,6 +22,7 @@ from clients import faults, state_store
 from protocol.instructions import Instructions
 from protocol.transfer import decode, encode
 from tasks.common.local import LocalResult, LocalRound
+from tasks.common.memory import release_memory
 from tasks.common.training import NonFiniteLossError, use_threads
 
 STATE_WEIGHTS = state_store.WEIGHTS  # context.state record names (weights only without a state dir)
@@ -55,7 +56,10 @@ class TaskClient(NumPyClient):
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
         self._persist(out, info, ins)
         upload = encode(faults.corrupt(self.cfg.get("faults") or {}, out.upload, self.pid, rnd), ins.transfer_dtype)
-        return upload, out.num_examples, {"partition_id": self.pid, **out.metrics}
+        num_examples, metrics = out.num_examples, {"partition_id": self.pid, **out.metrics}
+        del out, kept, received
+        release_memory()  # this round's model, optimizer and states are gone: give their pages back
+        return upload, num_examples, metrics
 
     def _kept(self, resume_round: int) -> tuple[dict | None, dict]:
         """(what this client kept, its notes); (None, {}) at its first participation.

@@ -182,6 +182,7 @@ class FedSSL(FedAvg):
                 why = self._reject(arrays, res.num_examples)
             except ValueError as err:
                 why = str(err)
+            res.parameters.tensors.clear()  # decoded: its serialised copy is not needed again (memory at scale)
             if why is not None:
                 rec["rejected"].append({"partition_id": pid, "round": server_round, "reason": why})
                 log(WARNING, "round %s: update of client %s rejected: %s", server_round, pid, why)

@@ -95,3 +95,20 @@ def test_compute_for_reads_the_run_keys(make_cfg):
     cfg = make_cfg("precision=fp32", "channels_last=false")
     assert compute_for(cfg, CPU) == Compute(CPU, "fp32", "requested", False, False)
     assert compute_for(make_cfg("precision=auto"), CPU, flags={"amx_bf16"}).precision == "bf16"
+
+
+def test_a_mixed_precision_model_is_freed_when_its_round_drops_it():
+    """No reference cycle through the autocast wrappers: the memory goes back at once, not at the
+    next garbage collection (many clients trained one after another in one process)."""
+    import gc
+    import weakref
+
+    method = Compute(CPU, "bf16").prepare(tiny_byol()).train()
+    method.loss([torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)], torch.Generator())
+    ref = weakref.ref(method)
+    gc.disable()
+    try:
+        del method
+        assert ref() is None
+    finally:
+        gc.enable()

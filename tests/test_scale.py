@@ -126,7 +126,11 @@ def test_progress_draws_on_a_terminal_and_clears_before_the_round_line():
     out = io.StringIO()
     p = Progress(num_rounds=2, parallel=1, show=True, stream=out, refresh=60, first_round_estimate=100.0)
     p.round_started(1, 2)
+    p.render()
     assert "round 1/2: 0/2 clients, training, round ~1:40 left, run ~3:20 left" in out.getvalue()
-    p.round_finished(90.0)
+    p.client_done(500)
+    assert "round 1/2: 1/2 clients" in out.getvalue().rsplit("\r", 1)[-1]
+    p.client_done(500)  # the last one: the line is cleared before Flower logs the aggregation
     assert out.getvalue().endswith("\r")
+    p.round_finished(90.0)
     p.close()

@@ -47,7 +47,8 @@ def module_layout(module: nn.Module, keys: list[str], **extras) -> Layout:
     """The protocol Layout of `keys` of `module` (shapes and fingerprint from the module itself)."""
     state = module.state_dict()
     shapes = [tuple(state[k].shape) for k in keys]
-    return Layout(keys=list(keys), shapes=shapes, fingerprint=keys_fingerprint(keys, shapes), **extras)
+    dtypes = [str(state[k].detach().cpu().numpy().dtype) for k in keys]
+    return Layout(keys=list(keys), shapes=shapes, fingerprint=keys_fingerprint(keys, shapes), dtypes=dtypes, **extras)
 
 
 def layout_fingerprint(module: nn.Module, keys: list[str]) -> str:

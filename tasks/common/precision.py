@@ -15,6 +15,7 @@ it pays on this hardware).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +80,15 @@ def mixed_forward(module: nn.Module, autocast) -> nn.Module:
     for m in (module, *module.children()):
         if getattr(m, "_fedssl_mixed", False):
             continue
-        inner = m.forward
 
-        def forward(*args, _inner=inner, _m=m, **kwargs):
-            if not _m.training:
-                return _inner(*args, **kwargs)
+        # the module is held weakly and its class's forward unbound: no reference cycle, so the
+        # model is freed as soon as its round drops it (not at the next garbage collection)
+        def forward(*args, _ref=weakref.ref(m), _fn=type(m).forward, **kwargs):
+            owner = _ref()
+            if not owner.training:
+                return _fn(owner, *args, **kwargs)
             with autocast():
-                return _to_fp32(_inner(*args, **kwargs))
+                return _to_fp32(_fn(owner, *args, **kwargs))
 
         m.forward = forward
         m._fedssl_mixed = True
@@ -111,6 +114,14 @@ class Compute:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def step(self):
+        """One training step's context: autocast stays off (the loss runs in fp32), but the bf16/fp16
+        copies of the weights the networks' autocast forwards make are kept until the step ends,
+        so a network called on two views casts its weights once, not twice."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=False)
 
     def scaler(self) -> torch.amp.GradScaler | None:
         """fp16 needs loss scaling (its gradients underflow); bf16 and fp32 do not."""

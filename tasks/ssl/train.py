@@ -52,7 +52,8 @@ def train_one_round(
         order = torch.randperm(n, generator=generator).to(device)
         for step in range(steps_per_epoch):
             x = to_float(data[order[step * batch_size : (step + 1) * batch_size]], device)
-            loss = method.loss([compute.images(v) for v in make_views(x, method.views, aug)], aug)
+            with compute.step():
+                loss = method.loss([compute.images(v) for v in make_views(x, method.views, aug)], aug)
             # on a GPU the finiteness check waits for the epoch's end (no sync per step)
             sgd_step(opt, loss, who, epoch, step, fix, scaler, check=on_cpu)
             done = epoch * steps_per_epoch + step + 1
