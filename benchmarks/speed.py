@@ -85,7 +85,7 @@ def section_compile(args) -> dict:
     out = {}
     for flag in ("false", "true"):
         s = run(f"compile_{flag}", [*quick, f"compile={flag}"], args)
-        out[flag] = {"fit_seconds": [r["fit_seconds"] for r in s["rounds"]], **round_rates(s)}
+        out[flag] = {**round_rates(s), "round_fit_seconds": [r["fit_seconds"] for r in s["rounds"]]}
     return out
 
 
@@ -161,6 +161,8 @@ def section_accuracy(args) -> dict:
                 "bf16+float16 transfer": ["precision=bf16", "transfer_dtype=float16"],
                 "bf16+bfloat16 transfer": ["precision=bf16", "transfer_dtype=bfloat16"]}
     for name, extra in variants.items():
+        if args.variants and name not in args.variants:
+            continue
         for seed in args.seeds:
             tag = f"accuracy_{name.replace('+', '_').replace(' ', '_')}_seed{seed}"
             s = run(tag, ["experiment=cpu", f"seed={seed}", "eval.linear=false", *extra], args)
@@ -183,6 +185,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--knn-images", type=int, default=3000)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    ap.add_argument("--variants", nargs="*", help="accuracy: only these variants (e.g. fp32 bf16)")
     args = ap.parse_args(argv)
     os.environ.setdefault("FEDSSL_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +195,12 @@ def main(argv=None) -> None:
         if name in results and not args.redo:
             print(f"{name}: measured earlier (--redo to measure again)", flush=True)
             continue
-        results[name] = SECTIONS[name](args)
+        measured = SECTIONS[name](args)
+        if name == "accuracy":  # runs accumulate: several calls with different --variants/--seeds
+            for variant, per_seed in measured.items():
+                measured[variant] = {**results.get(name, {}).get(variant, {}), **per_seed}
+            measured = {**results.get(name, {}), **measured}
+        results[name] = measured
         results.setdefault("machine", {})[name] = {"cores": os.cpu_count()}
         path.write_text(json.dumps(results, indent=2))
     print(write_outputs(results, args.out))

@@ -66,7 +66,7 @@ def markdown(r: dict) -> str:
         c = r["compile"]
         out += ["## compile=true in real rounds (cpu preset, 5 clients, 3 rounds)", "",
                 "| compile | fit s per round | img/s (rounds 2-3) |", "|---|---|---|"]
-        out += [f"| {flag} | {', '.join(f'{x:.1f}' for x in v['fit_seconds'])} | {v['images_per_second']:.1f} |"
+        out += [f"| {flag} | {', '.join(f'{x:.1f}' for x in v['round_fit_seconds'])} | {v['images_per_second']:.1f} |"
                 for flag, v in c.items()]
         out.append("")
     if "busy" in r:
