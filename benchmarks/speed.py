@@ -13,7 +13,7 @@ Sections (each saved to results.json as soon as it is measured, so an interrupte
   against strategy=centralised on the same machine, for 5 clients and 100 clients at fraction 0.1;
 - knn: kNN monitor seconds per 10,000 images at width 1.0, fp32 and bf16;
 - memory: peak resident memory of a 100-client run of the paper's model (process tree and machine);
-- bytes: bytes per round for each transfer_dtype (cpu preset and paper model), measured by the server;
+- bytes: bytes per round for each transfer_dtype (cpu preset and paper model), as the server counts them;
 - easyfl: the FedU reference code's work (5 clients x 1,000 CIFAR-10 images x 1 epoch, width 1.0,
   batch 128) on our side, against the reference's figures measured on this kind of machine;
 - accuracy: kNN at the cpu preset, fp32 against bf16 and each transfer_dtype, seeds 0 and 1.
@@ -129,17 +129,23 @@ def section_memory(args) -> dict:
 
 
 def section_bytes(args) -> dict:
+    """Bytes a round carries each way with 5 clients, for each transfer_dtype: the real layout's
+    arrays encoded and serialised exactly as the strategy sends them and counts them (the cpu
+    preset's runs in `accuracy` record the same counts in their summary.json)."""
+    from flwr.common import ndarrays_to_parameters
+
+    from app.config import compose, to_plain
+    from app.federation import build_layout
+    from protocol.transfer import encode
+
     out = {}
-    for model, preset in (("cpu preset (width 0.25)", "experiment=smoke model.width=0.25 ssl.proj_hidden=512 "
-                                                        "ssl.proj_dim=128 ssl.pred_hidden=512"),
-                          ("paper (width 1.0)", "experiment=smoke model.width=1.0 ssl.proj_hidden=4096 "
-                                                "ssl.proj_dim=2048 ssl.pred_hidden=4096")):
+    for model, preset in (("cpu preset (ResNet-18 width 0.25)", ["experiment=cpu"]),
+                          ("paper (ResNet-18 width 1.0)", ["experiment=paper"])):
+        _, arrays = build_layout(to_plain(compose([*COMMON, *preset, "num_clients=5"])))
         for dtype in ("float32", "float16", "bfloat16"):
-            tag = f"bytes_{model.split()[0]}_{dtype}"
-            s = run(tag, [*preset.split(), f"transfer_dtype={dtype}", "num_rounds=1", "eval.linear=false"], args)
-            r = s["rounds"][0]
-            out.setdefault(model, {})[dtype] = {"bytes_sent": r["bytes_sent"], "bytes_received": r["bytes_received"],
-                                                "clients": len(r["clients"])}
+            per_client = sum(len(t) for t in ndarrays_to_parameters(encode(arrays, dtype)).tensors)
+            out.setdefault(model, {})[dtype] = {"bytes_sent": 5 * per_client, "bytes_received": 5 * per_client,
+                                                "clients": 5}
     return out
 
 

@@ -84,7 +84,8 @@ def markdown(r: dict) -> str:
                 f"- peak rise of the machine's used memory: {m['peak_machine_rise_gb']:.2f} GB",
                 f"- wall time: {m['seconds']:.0f} s", ""]
     if "bytes" in r:
-        out += ["## Bytes per round (measured by the server, 5 clients)", "", *bytes_rows(r["bytes"]), ""]
+        out += ["## Bytes per round (5 clients, FedU; the real layout serialised as the strategy sends and counts it)", "",
+                *bytes_rows(r["bytes"]), ""]
     if "easyfl" in r:
         e = r["easyfl"]
         out += ["## Against the FedU reference code (EasyFL): same work", "",

@@ -134,3 +134,22 @@ def test_progress_draws_on_a_terminal_and_clears_before_the_round_line():
     assert out.getvalue().endswith("\r")
     p.round_finished(90.0)
     p.close()
+
+
+def test_three_real_training_steps_give_the_first_rounds_estimate(make_cfg):
+    from app.calibrate import first_round_estimate
+
+    cfg = make_cfg("num_clients=4", "local_epochs=2")
+    layout, init = build_layout(cfg)
+    estimate = first_round_estimate(cfg, layout, init, parallel=2, threads=1)
+    # 4 clients of 64 images, 2 epochs, 2 at a time: two waves of 128 images at the measured rate
+    assert estimate is not None and 0 < estimate < 60
+    assert torch.get_num_threads() >= 1
+
+
+def test_a_rounds_estimate_is_waves_times_a_clients_images_times_epochs_by_hand(make_cfg):
+    from app.progress import round_estimate
+
+    cfg = make_cfg("num_clients=5", "local_epochs=2")
+    assert round_estimate(0.01, 64, cfg, parallel=2) == pytest.approx(3 * 64 * 2 * 0.01)  # waves 2 + 2 + 1
+    assert round_estimate(0.01, 64, cfg, parallel=1) == pytest.approx(5 * 64 * 2 * 0.01)

@@ -84,6 +84,7 @@ def test_fedu_weights_divergence_and_per_client_decisions():
     assert all(fi.config["adopt_global_predictor"] for _, fi in ins)
     results = [result(proxies[0], upd(0.0, 1.0), 100), result(proxies[1], upd(0.3, 2.0), 100),
                result(proxies[2], upd(0.3, 4.0), 200)]
+    payload = sum(sum(len(t) for t in r.parameters.tensors) for _, r in results)
     params, _ = strategy.aggregate_fit(1, results, [])
     agg = parameters_to_ndarrays(params)
     # weights 1/4, 1/4, 1/2: conv = 0.225, bias = 0.25 + 0.5 + 2 = 2.75
@@ -94,8 +95,8 @@ def test_fedu_weights_divergence_and_per_client_decisions():
     assert strategy.adopt_global == {0: False, 1: True, 2: True}
     clients = strategy.record["clients"]
     assert clients["0"]["predictor_next"] == "local" and clients["1"]["predictor_next"] == "global"
-    assert strategy.record["bytes_received"] == sum(
-        sum(len(t) for t in r.parameters.tensors) for _, r in results)
+    assert strategy.record["bytes_received"] == payload
+    assert all(not r.parameters.tensors for _, r in results)  # serialised copies dropped once decoded
     # next round: each client gets its own decision in its own instructions
     ins = strategy.configure_fit(2, params, cm)
     decisions = {strategy.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins}
