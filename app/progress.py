@@ -44,14 +44,14 @@ class Progress:
         self.done_rounds = done_rounds
         self.round_times: list[float] = []
         self.round = self.clients = self.done = self.images = 0
-        self.started = self.run_started = time.perf_counter()
+        self.started = self.run_started = self.last_done_at = time.perf_counter()
         self._lock, self._stop, self._thread, self._width = threading.Lock(), threading.Event(), None, 0
 
     # ------------------------------------------------------------------ events
     def round_started(self, server_round: int, clients: int) -> None:
         with self._lock:
             self.round, self.clients, self.done, self.images = server_round, clients, 0, 0
-            self.started = time.perf_counter()
+            self.started = self.last_done_at = time.perf_counter()
         if self.show and self._thread is None:  # first drawn after `refresh`, below Flower's round-start lines
             self._thread = threading.Thread(target=self._loop, name="fedssl-progress", daemon=True)
             self._thread.start()
@@ -60,6 +60,7 @@ class Progress:
         with self._lock:
             self.done += 1
             self.images += int(num_examples)
+            self.last_done_at = time.perf_counter()
             last = self.done >= self.clients
         if last:  # Flower logs the aggregation next: leave it a clean line
             self.clear()
@@ -83,10 +84,10 @@ class Progress:
     def round_left(self, now: float | None = None) -> float | None:
         """Seconds this round still needs (None: nothing to estimate from yet)."""
         elapsed = (now or time.perf_counter()) - self.started
-        if self.done:
+        if self.done:  # the pace of the clients done so far (up to the last answer: it only counts down)
             waves_total = math.ceil(self.clients / self.parallel)
-            waves_done = self.done / self.parallel
-            return max(0.0, elapsed / waves_done * waves_total - elapsed)
+            per_wave = (self.last_done_at - self.started) / (self.done / self.parallel)
+            return max(0.0, per_wave * waves_total - elapsed)
         typical = self.typical_round()
         return None if typical is None else max(0.0, typical - elapsed)
 

@@ -108,14 +108,14 @@ def test_progress_estimates_by_hand_and_stays_quiet_off_a_terminal():
     assert not enabled("auto", io.StringIO()) and enabled(True, io.StringIO()) and not enabled(False, None)
     p = Progress(num_rounds=10, parallel=2, show=False)
     p.round_started(1, 5)
-    p.started -= 10.0
     p.client_done(1000)
     p.client_done(1000)
-    now = p.started + 10.0
+    p.started, p.last_done_at = 100.0, 110.0  # both answers 10 s into the round
     # 2 of 5 clients in 10 s, 2 at a time: 3 waves of 10 s -> 20 s left; 9 more rounds of 30 s
-    assert p.round_left(now) == pytest.approx(20.0)
-    assert p.run_left(now) == pytest.approx(20.0 + 9 * 30.0)
-    assert p.line(now) == "round 1/10: 2/5 clients, 200 img/s, round ~0:20 left, run ~4:50 left"
+    assert p.round_left(110.0) == pytest.approx(20.0)
+    assert p.run_left(110.0) == pytest.approx(20.0 + 9 * 30.0)
+    assert p.line(110.0) == "round 1/10: 2/5 clients, 200 img/s, round ~0:20 left, run ~4:50 left"
+    assert p.round_left(115.0) == pytest.approx(15.0)  # no new answer: it counts down, not up
     p.round_finished(31.0)
     p.round_started(2, 5)
     assert p.run_left(p.started + 1.0) == pytest.approx(30.0 + 8 * 31.0)
