@@ -31,6 +31,8 @@ from protocol.checks import ConfigError
 from protocol.hooks import ServerHooks
 from protocol.layout import Layout
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
+from tasks.common.precision import compute_for
+from tasks.common.training import resolve_device
 
 
 THREAD_SCALING = 0.83  # one client on t threads trains t**0.83 times as fast as on one (measured, issue 13)
@@ -67,9 +69,6 @@ def client_resources(cfg: dict) -> dict:
 def compute_settings(cfg: dict) -> dict:
     """What the server's hardware makes of `device`, `precision` and friends, and why (a client
     resolves `auto` again on its own hardware), with the cores plan; for the log and summary.json."""
-    from tasks.common.precision import compute_for
-    from tasks.common.training import resolve_device
-
     threads = int(client_resources(cfg)["num_cpus"])
     parallel = max(1, min(clients_per_round(cfg), (os.cpu_count() or 1) // threads))
     return {**compute_for(cfg, resolve_device(str(cfg["device"]))).describe(),

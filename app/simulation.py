@@ -6,10 +6,12 @@ import logging
 import os
 from pathlib import Path
 
+from flwr.common import parameters_to_ndarrays
+
 from app.config import centralise
 from app.calibrate import first_round_estimate
-from app.federation import (Federation, build_client_app, build_layout, build_server_app, client_resources,
-                            compute_line, compute_settings, prepare)
+from app.federation import (Federation, build_client_app, build_server_app, client_resources, compute_line,
+                            compute_settings, prepare)
 from app.progress import Progress, clock, for_run
 from app.report import RunReport
 
@@ -42,9 +44,10 @@ def live_progress(cfg: dict, federation: Federation, compute: dict) -> Progress:
     """The live round line; on a terminal, timed first by a few real training steps."""
     done = int(federation.resume_state["round"]) if federation.resume_state else 0
     progress = for_run(cfg, compute["parallel_clients"], done_rounds=done)
-    if progress.show:
-        layout, initial = build_layout(cfg)
-        estimate = first_round_estimate(cfg, layout, initial, compute["parallel_clients"], compute["threads_per_client"])
+    if progress.show:  # the layout and weights prepare() built, not a second model
+        strategy = federation.strategy
+        estimate = first_round_estimate(cfg, strategy.layout, parameters_to_ndarrays(strategy.initial_parameters),
+                                        compute["parallel_clients"], compute["threads_per_client"])
         progress.first_round_estimate = estimate
         if estimate is not None:
             log.info("estimate from three training steps: a round trains in ~%s, the run's %d rounds in ~%s "

@@ -12,9 +12,13 @@ def _f(x, fmt=".1f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def header(*columns: str) -> list[str]:
+    """A Markdown table's first two lines."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def local_rows(local: dict) -> list[str]:
-    rows = ["| width | bare PyTorch fp32 (img/s) | mode | project round (img/s) | x bare fp32 | x project fp32 |",
-            "|---|---|---|---|---|---|"]
+    rows = header("width", "bare PyTorch fp32 (img/s)", "mode", "project round (img/s)", "x bare fp32", "x project fp32")
     for width, row in local.items():
         fp32 = row["fp32"]["images_per_second"]
         for mode, v in row.items():
@@ -26,7 +30,7 @@ def local_rows(local: dict) -> list[str]:
 
 
 def busy_rows(busy: dict) -> list[str]:
-    rows = ["| case | federated img/s | centralised img/s | ratio | rounds timed |", "|---|---|---|---|---|"]
+    rows = header("case", "federated img/s", "centralised img/s", "ratio", "rounds timed")
     for case, v in busy.items():
         rows.append(f"| {case.replace('_', ' ')} | {v['federated']['images_per_second']:.1f} | "
                     f"{v['centralised']['images_per_second']:.1f} | {v['ratio']:.3f} | {v['federated']['rounds']} |")
@@ -34,7 +38,7 @@ def busy_rows(busy: dict) -> list[str]:
 
 
 def bytes_rows(b: dict) -> list[str]:
-    rows = ["| model | transfer_dtype | MB sent / round | MB received / round | x float32 |", "|---|---|---|---|---|"]
+    rows = header("model", "transfer_dtype", "MB sent / round", "MB received / round", "x float32")
     for model, per in b.items():
         base = per["float32"]["bytes_sent"] + per["float32"]["bytes_received"]
         for dtype, v in per.items():
@@ -46,8 +50,8 @@ def bytes_rows(b: dict) -> list[str]:
 
 def accuracy_rows(acc: dict) -> list[str]:
     seeds = sorted({s for per in acc.values() for s in per})
-    rows = ["| variant | " + " | ".join(f"kNN seed {s} (%)" for s in seeds) + " | mean (%) | vs fp32 (points) | "
-            "fit s (mean) | MB / round |", "|---" * (len(seeds) + 5) + "|"]
+    rows = header("variant", *(f"kNN seed {s} (%)" for s in seeds), "mean (%)", "vs fp32 (points)", "fit s (mean)",
+                  "MB / round")
     mean = {k: sum(v[s]["knn"] for s in v) / len(v) for k, v in acc.items()}
     for name, per in acc.items():
         cells = " | ".join(_f(100 * per[s]["knn"], ".2f") if s in per else "-" for s in seeds)
@@ -65,7 +69,7 @@ def markdown(r: dict) -> str:
     if "compile" in r:
         c = r["compile"]
         out += ["## compile=true in real rounds (cpu preset, 5 clients, 3 rounds)", "",
-                "| compile | fit s per round | img/s (rounds 2-3) |", "|---|---|---|"]
+                *header("compile", "fit s per round", "img/s (rounds 2-3)")]
         out += [f"| {flag} | {', '.join(f'{x:.1f}' for x in v['round_fit_seconds'])} | {v['images_per_second']:.1f} |"
                 for flag, v in c.items()]
         out.append("")
@@ -73,7 +77,7 @@ def markdown(r: dict) -> str:
         out += ["## Busy cores: a federated round against centralised training (experiment=cpu)", "",
                 *busy_rows(r["busy"]), ""]
     if "knn" in r:
-        out += ["## kNN monitor at width 1.0", "", "| precision | images | seconds | s per 10k images |", "|---|---|---|---|"]
+        out += ["## kNN monitor at width 1.0", "", *header("precision", "images", "seconds", "s per 10k images")]
         out += [f"| {p} | {v['images']} | {v['seconds']:.1f} | {v['seconds_per_10k']:.1f} |" for p, v in r["knn"].items()]
         out.append("")
     if "memory" in r:
@@ -89,7 +93,7 @@ def markdown(r: dict) -> str:
     if "easyfl" in r:
         e = r["easyfl"]
         out += ["## Against the FedU reference code (EasyFL): same work", "",
-                "| | reference | this project | ratio |", "|---|---|---|---|",
+                *header("", "reference", "this project", "ratio"),
                 f"| round: 5 clients x 1,000 CIFAR-10 images x 1 epoch, ResNet-18, batch 128 (s) | "
                 f"{e['reference']['round_seconds']:.0f} | {e['round_seconds']:.0f} | {e['round_ratio']:.2f} |",
                 f"| kNN evaluation per 60,000 images (s) | {e['reference']['knn_seconds_per_60k']:.0f} | "

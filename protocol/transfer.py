@@ -83,7 +83,3 @@ def decode(arrays: NDArrays, dtypes: Sequence[str] | None, dtype: str) -> NDArra
             raise ValueError(f"a float32 array arrived as {a.dtype}, but transfer_dtype is {dtype}")
     return out
 
-
-def wire_bytes(arrays: NDArrays) -> int:
-    """Payload bytes of `arrays` (what the serialised tensors carry, headers aside)."""
-    return int(sum(a.nbytes for a in arrays))
