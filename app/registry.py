@@ -68,8 +68,11 @@ class Task:
     route: Callable | None = None
 
 
-REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"))
-KNN_HISTORY = Series("knn", (("accuracy", "knn_accuracy"),))
+REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
+                  Metric("knn_accuracy_bn_reestimated", "kNN (BN re-estimated)"),
+                  Metric("linear_accuracy_bn_reestimated", "linear (BN re-estimated)"))
+KNN_HISTORY = Series("knn", (("accuracy", "knn_accuracy"),),
+                     optional=(("accuracy_bn_reestimated", "knn_accuracy_bn_reestimated"),))
 
 
 def _ssl_options(cfg: dict) -> dict:

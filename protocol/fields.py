@@ -59,11 +59,13 @@ class Series:
     name: str
     fields: tuple[tuple[str, str], ...]
     per_client: bool = False
+    optional: tuple[tuple[str, str], ...] = ()  # kept when the evaluation reported them
 
     def entry(self, server_round: int, results: dict) -> dict | None:
         if not all(key in results for _, key in self.fields):
             return None
-        out = {"round": server_round, **{name: results[key] for name, key in self.fields}}
+        out = {"round": server_round, **{name: results[key] for name, key in self.fields + self.optional
+                                          if key in results}}
         if self.per_client:
             out["per_client"] = {pid: {name: c[key] for name, key in self.fields}
                                  for pid, c in (results.get("per_client") or {}).items()}

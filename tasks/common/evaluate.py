@@ -19,7 +19,7 @@ CONFIG = {
     "eval.linear_lr": Float(above=0), "eval.linear_batch_size": Int(min=1), "eval.batch_size": Int(min=1),
     "eval.semi": Bool(), "eval.semi_fractions": ListOf(item=Float(above=0, max=1)), "eval.semi_epochs": Int(min=1),
     "eval.semi_lr": Float(above=0), "eval.semi_head_lr": Float(above=0), "eval.semi_batch_size": Int(min=1),
-    "eval.semi_bn": Choice(options=("train", "frozen")),
+    "eval.semi_bn": Choice(options=("train", "frozen")), "eval.bn": Choice(options=("aggregated", "reestimated", "both")),
 }
 
 
@@ -114,11 +114,13 @@ def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, n
 
 
 @torch.no_grad()
+@torch.no_grad()
 def recalibrate_batchnorm(net: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 512) -> None:
     """Re-estimate BatchNorm running statistics on `images` (cumulative average, no training).
 
     Used for the global encoder under `strategy.bn=local`, whose BatchNorm statistics never
-    left the clients, so the server has none of its own.
+    left the clients, so the server has none of its own; and under `eval.bn=reestimated|both`,
+    where the averaged statistics of non-IID clients misplace the features (issue 14).
     """
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in bns:

@@ -43,16 +43,34 @@ class RepresentationEvaluator:
         """The evaluated encoder (backbone + projector) loaded with `arrays`."""
         method, plan, keys = build_federated_method(self.cfg, self.options)
         set_arrays(method, keys, arrays)
-        encoder = getattr(method, plan.eval_encoder)
-        if self.options.get("bn") == "local":  # no BatchNorm statistics were uploaded
-            s = self.sets()
-            recalibrate_batchnorm(encoder, s["x_bank"], resolve_device(str(self.cfg["device"])), int(self.ev["batch_size"]))
-        return encoder
+        return getattr(method, plan.eval_encoder)
+
+    def recalibrate(self, encoder) -> None:
+        """BatchNorm statistics re-estimated on the bank's images (no labels read)."""
+        device = resolve_device(str(self.cfg["device"]))
+        recalibrate_batchnorm(encoder, self.sets()["x_bank"], device, int(self.ev["batch_size"]))
 
     def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:
+        """kNN (and at the end linear probe, semi-supervised) of one model. BatchNorm statistics
+        (eval.bn): `aggregated`, the ones the strategy averaged (the reference code's); `reestimated`
+        on the bank's images; `both`, the aggregated ones as the result plus *_bn_reestimated keys.
+        Under strategy.bn=local no statistics were uploaded: they are always re-estimated."""
+        encoder = self.encoder(arrays)
+        mode = "reestimated" if self.options.get("bn") == "local" else str(self.ev.get("bn", "aggregated"))
+        if mode == "reestimated":
+            self.recalibrate(encoder)
+        out = self.scores(encoder, final)
+        if final and self.ev.get("semi"):
+            out.update(self.semi_supervised(encoder.backbone, resolve_device(str(self.cfg["device"]))))
+        if mode == "both":
+            self.recalibrate(encoder)
+            out.update({f"{k}_bn_reestimated": v for k, v in self.scores(encoder, final).items()})
+        return out
+
+    def scores(self, encoder, final: bool) -> dict:
+        """kNN accuracy, and on the final call the linear probe's, of the encoder as it is."""
         device = resolve_device(str(self.cfg["device"]))
         s = self.sets()
-        encoder = self.encoder(arrays)
         net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
         bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
         compute = compute_for(self.cfg, device)
@@ -62,8 +80,6 @@ class RepresentationEvaluator:
             if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
                 bank, test = features_on(encoder.backbone, s, names, device, bs, compute)
             out["linear_accuracy"] = probe_score(bank, test, s, self.ev, int(self.cfg["seed"]))
-        if final and self.ev.get("semi"):
-            out.update(self.semi_supervised(encoder.backbone, device))
         return out
 
     def semi_supervised(self, backbone, device) -> dict:
