@@ -178,3 +178,34 @@ def test_reference_divergence_uses_what_each_client_measured():
     strategy.aggregate_fit(1, results, [])
     assert strategy.divergence == {0: 0.1, 1: 0.4, 2: 0.9}
     assert strategy.adopt_global == {0: True, 1: False, 2: False}
+
+
+def test_relative_dapu_divides_each_layer_distance_by_the_aggregate_norm():
+    """dapu_scale=relative (issue 14): d_k^rel = ||W_k - W_g|| / ||W_g|| per layer, against mu_relative;
+    the absolute divergence is still recorded, and decides nothing."""
+    strategy, cm, proxies, _ = make(FedU, dapu_scale="relative", mu_relative=0.1, mu=100.0)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    # conv values 1.0, 1.2, 0.9 with weights 1/4, 1/4, 1/2 -> aggregate 1.0 (norm 2 over the 2x2 conv)
+    results = [result(proxies[0], upd(1.0, 0), 100), result(proxies[1], upd(1.2, 0), 100),
+               result(proxies[2], upd(0.9, 0), 200)]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    assert np.allclose(parameters_to_ndarrays(params)[0], 1.0)
+    clients = strategy.record["clients"]
+    # absolute: 2 * |w - 1| = 0, 0.4, 0.2; relative: that over ||W_g|| = 2 -> 0, 0.2, 0.1
+    assert [clients[str(k)]["divergence"] for k in range(3)] == pytest.approx([0.0, 0.4, 0.2])
+    assert [clients[str(k)]["divergence_relative"] for k in range(3)] == pytest.approx([0.0, 0.2, 0.1])
+    # 0 < 0.1 -> global; 0.2 >= 0.1 -> local; exactly at the threshold (0.1) -> local, as the paper's d_k < mu
+    assert strategy.adopt_global == {0: True, 1: False, 2: False}
+    # the same divergences under the paper's absolute rule with mu = 0.3: 0 and 0.2 below, 0.4 above
+    absolute, cm2, proxies2, _ = make(FedU, mu=0.3, mu_relative=0.0)
+    absolute.configure_fit(1, absolute.initial_parameters, cm2)
+    absolute.aggregate_fit(1, [result(proxies2[0], upd(1.0, 0), 100), result(proxies2[1], upd(1.2, 0), 100),
+                               result(proxies2[2], upd(0.9, 0), 200)], [])
+    assert absolute.adopt_global == {0: True, 1: False, 2: True}
+
+
+def test_relative_dapu_refuses_an_unknown_scale():
+    from protocol.checks import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy.dapu_scale"):
+        make(FedU, dapu_scale="weights")
