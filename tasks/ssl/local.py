@@ -45,6 +45,7 @@ def local_round(r: LocalRound) -> LocalResult:
         method, images, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]), lr=lr,
         momentum=float(ssl["momentum"]), weight_decay=float(ssl["weight_decay"]), compute=r.compute(),
         generator=r.generator(), progress_start=(rnd - 1) / rounds, progress_span=1 / rounds, who=r.who,
+        warmup_until=int(ssl.get("warmup_rounds", 0)) / rounds,
     )
     after = get_arrays(method, [keys[i] for i in div_idx])
     keep = kept_keys(method, plan, keys, keep_everything=ins.keep_everything, keep_optional=ins.keep_optional)
@@ -52,6 +53,8 @@ def local_round(r: LocalRound) -> LocalResult:
         "loss": stats["loss"], "train_seconds": stats["train_seconds"],
         "images_per_second": stats["images_per_second"], "lr": lr, "predictor_used": predictor_used,
         "divergence_reference": layer_divergence(before, after, list(range(len(div_idx)))) if div_idx else 0.0,
+        "divergence_reference_relative": (layer_divergence(after, before, list(range(len(div_idx))), relative=True)
+                                          if div_idx else 0.0),
         **{f"ema_{k}": v for k, v in mixing.items()},
     }
     info = {"ema_lambda": mixing["lambda"]} if "lambda" in mixing else {}

@@ -27,6 +27,7 @@ def train_one_round(
     progress_start: float,
     progress_span: float,
     who: str,
+    warmup_until: float = 0.0,
 ) -> dict:
     """E epochs of SGD on uint8 NHWC `images`, each batch augmented by the method's own recipe.
 
@@ -34,6 +35,8 @@ def train_one_round(
     progress_start/progress_span place this round in the client's whole run (for schedules
     such as BYOL's cosine tau). Forward passes run in `compute`'s precision and memory format,
     the loss and the updates in fp32. Raises NonFiniteLossError naming `who` on a NaN/inf loss.
+    warmup_until: the share of the whole run over which the learning rate rises linearly from 0
+    to `lr` (step by step; ssl.warmup_rounds / num_rounds), 0 for none.
     """
     n = len(images)
     steps_per_epoch = n // batch_size
@@ -51,13 +54,17 @@ def train_one_round(
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for step in range(steps_per_epoch):
+            done = epoch * steps_per_epoch + step + 1
+            at = progress_start + progress_span * done / total_steps  # this step's place in the run
+            if warmup_until > 0:
+                for group in opt.param_groups:
+                    group["lr"] = lr * min(1.0, at / warmup_until)
             x = to_float(data[order[step * batch_size : (step + 1) * batch_size]], device)
             with compute.step():
                 loss = method.loss([compute.images(v) for v in make_views(x, method.views, aug)], aug)
             # on a GPU the finiteness check waits for the epoch's end (no sync per step)
             sgd_step(opt, loss, who, epoch, step, fix, scaler, check=on_cpu)
-            done = epoch * steps_per_epoch + step + 1
-            method.after_step(progress_start + progress_span * done / total_steps)
+            method.after_step(at)
             losses.append(loss.detach())
         if not on_cpu:
             check_finite(torch.stack(losses[-steps_per_epoch:]), who, epoch, fix)

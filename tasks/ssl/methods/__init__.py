@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from protocol.checks import Choice, ConfigError, Float, conform
+from protocol.checks import Choice, ConfigError, Float, Int, conform
 from tasks.ssl.methods.base import HEAD_CONFIG, SSLMethod, SyncPlan
 from tasks.ssl.methods.byol import BYOL
 from tasks.ssl.methods.moco import MoCo
@@ -16,7 +16,7 @@ METHODS = {"byol": BYOL, "simsiam": SimSiam, "simclr": SimCLR, "moco": MoCo, "mo
 # ssl keys read by the training loop, not by the method's constructor
 TRAINING_CONFIG = {"name": Choice(options=tuple(METHODS)), "lr": Float(above=0),
                    "lr_schedule": Choice(options=("cosine", "constant")), "momentum": Float(min=0),
-                   "weight_decay": Float(min=0)}
+                   "weight_decay": Float(min=0), "warmup_rounds": Int(min=0)}
 
 
 def method_config(name: str) -> dict:
