@@ -1,4 +1,5 @@
-"""What a run leaves behind as it goes: summary.json after every round, a console line, W&B.
+"""What a run leaves behind as it goes: summary.json after every round, a console line, W&B,
+and at the end the run's plots (app/plots.py).
 
 One `RunReport` per experiment lives on the server side (DESIGN.md conv. 8). The strategy hands
 it one record per round; the report keeps the history (in the shape app/summary.py owns),
@@ -15,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from app.plots import write_plots
 from app.progress import Progress
 from app.summary import SummarySchema, fail
 from tasks.common.memory import release_memory
@@ -97,7 +99,12 @@ class RunReport:
                 f"{self.cfg['num_rounds']} rounds; see the log above"))
         self.summary["wall_seconds"] = time.perf_counter() - self.t0
         self._save()
+        plots = self._plots()
         if self.wandb is not None:
+            if plots:
+                import wandb
+
+                self.wandb.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
             for key, value in self.schema.wandb_final(self.summary).items():
                 self.wandb.summary[key] = value
             self.wandb.summary["status"] = self.summary["status"]
@@ -108,6 +115,15 @@ class RunReport:
             self.log_file.close()
             self.log_file = None
         return self.summary
+
+    def _plots(self) -> list[Path]:
+        """The run's PNG plots next to summary.json; a plotting error is reported, never fatal."""
+        try:
+            return write_plots(self.summary, self.out_dir)
+        except Exception as e:  # noqa: BLE001 - the results are saved already; a plot must not fail the run
+            log.warning("could not draw the run's plots (%s: %s); redraw with `python -m app.plots %s`",
+                        type(e).__name__, e, self.out_dir)
+            return []
 
     def closing_line(self) -> str:
         return self.schema.closing_line(self.summary)

@@ -127,6 +127,9 @@ class SummarySchema:
         flat = {k: record[k] for k in ROUND_KEYS + tuple(f.key for f in self.round_fields) if k in record}
         ev = record.get("eval") or {}
         flat.update({f"eval/{k}": v for k, v in ev.items() if _number(v)})
+        for k, values in ev.items():  # a dict of numbers (SDR's path_knn): eval/<k>/<name>
+            if k != "per_client" and isinstance(values, dict):
+                flat.update({f"eval/{k}/{name}": v for name, v in values.items() if _number(v)})
         for pid, values in (ev.get("per_client") or {}).items():
             flat.update({f"client/{pid}/eval/{k}": v for k, v in values.items() if _number(v)})
         tallies = {f.key: f.values for f in self.client_fields if f.style == "tally"}

@@ -195,6 +195,7 @@ class FedSSL(FedAvg):
                 "loss": float(metrics.get("loss", float("nan"))), "num_examples": int(n),
                 "train_seconds": float(metrics.get("train_seconds", 0.0)),
                 "images_per_second": float(metrics.get("images_per_second", 0.0)),
+                **({"lr": float(metrics["lr"])} if "lr" in metrics else {}),  # the round's (peak) learning rate
             }
         if len(updates) < max(1, self.min_fit_clients):
             errors = "; ".join(f"client {f['partition_id']}: {f['error']}" for f in rec["failures"])

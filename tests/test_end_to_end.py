@@ -48,6 +48,9 @@ def test_fedu_simulation_writes_a_complete_summary(tmp_path, data_dir, cache_dir
     runs = list(Path(s["wandb"]["dir"]).parent.glob("run-*.wandb")) + list(
         (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert s["wandb"]["run_id"] and runs, "no offline W&B run written"
+    for name in ("accuracy.png", "loss.png", "divergence.png", "bytes.png"):  # the run's plots
+        assert (tmp_path / "run" / name).stat().st_size > 1000, name
+    assert all(c["divergence_relative"] > 0 for r in s["rounds"] for c in r["clients"].values())
 
 
 def test_standalone_simulation_evaluates_every_client(tmp_path, data_dir, cache_dir):

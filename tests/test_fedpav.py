@@ -208,6 +208,10 @@ def test_fedpav_command_writes_retrieval_results_per_client(tmp_path, data_dir, 
     ckpt = torch.load(tmp_path / "run" / "checkpoint_final.pt", weights_only=False)
     assert not [k for k in ckpt["keys"] if k.startswith("classifier")]
     json.dumps(s)  # plain JSON
+    # the run's plots: rank-1/mAP curves, loss, bytes; no divergence (FedPav measures none)
+    for name in ("accuracy.png", "loss.png", "bytes.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 1000, name
+    assert not (tmp_path / "run" / "divergence.png").exists()
 
 
 def test_re_id_config_mistakes_are_refused_before_training(make_cfg):

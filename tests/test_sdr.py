@@ -142,6 +142,8 @@ def test_sdr_pretraining_and_routing_commands(tmp_path, data_dir, cache_dir):
     s = json.loads((tmp_path / "sdr" / "summary.json").read_text())
     assert s["status"] == "completed" and [c["stage"] for c in (r["clients"]["0"] for r in s["rounds"])] == [0, 1, 2, 3]
     assert len(s["final"]["path_knn"]) == 8
+    for name in ("accuracy.png", "loss.png", "bytes.png"):  # accuracy.png: kNN curve and each path's kNN
+        assert (tmp_path / "sdr" / name).stat().st_size > 1000, name
     route = subprocess.run(base + ["mode=route", f"checkpoint={tmp_path / 'sdr' / 'checkpoint_final.pt'}",
                                    "dataset=cifar100", "route.superclasses=[fish,flowers]", "route.bank_size=200",
                                    "route.val_size=100", "route.test_size=100", "route.linear_epochs=5",
