@@ -1,17 +1,21 @@
-"""The comparison table (issue 3): methods x partitions, one command, resumable.
+"""The comparison table (issues 3, 14): methods x partitions x seeds, one command, resumable.
 
-    python benchmarks/compare.py --dataset cifar100 --partitions classes iid --preset cpu
+    python benchmarks/compare.py --dataset cifar10 --partitions classes --preset cpu --seeds 0 1 2
 
-Runs `python main.py` once per (partition, method) cell; a cell whose summary.json says
-"completed" is not rerun, so an interrupted table resumes where it stopped. The
-"random_init" row evaluates the untrained model (`mode=evaluate checkpoint=init`). Writes
-table.md, table.json and knn_rounds.png (kNN accuracy against rounds, one panel per partition).
+Runs `python main.py` once per (partition, method, seed) cell, into
+<out>/<partition>/<method>/seed<k>; a cell whose summary.json says "completed" is not rerun, so
+an interrupted table resumes where it stopped. The "random_init" row evaluates the untrained
+model of each seed (`mode=evaluate checkpoint=init`). Every column is reported as the mean and
+standard deviation over the seeds finished. Writes table.md, table.json (settings, the commit and
+command, per-seed cells and their aggregates) and knn_rounds.png (kNN against rounds, mean with a
+band of one standard deviation, one panel per partition).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -31,7 +35,15 @@ METHODS = {
     "standalone": ("Standalone", ["strategy=standalone"]),
     "centralised": ("Centralised", ["strategy=centralised"]),
     "random_init": ("Random init (no training)", ["strategy=fedu", "mode=evaluate", "checkpoint=init"]),
+    # FedU's ablations (SPEC §2): the predictor rule (dapu = FedU, global = FedBYOL), what is synchronised,
+    # and DAPU with the scale-free divergence (issue 14)
+    "fedu_predictor_local": ("FedU, predictor local", ["strategy=fedu", "strategy.predictor=local"]),
+    "fedu_sync_target": ("FedU, sync target", ["strategy=fedu", "strategy.sync=target"]),
+    "fedu_sync_both": ("FedU, sync both", ["strategy=fedu", "strategy.sync=both"]),
+    "fedu_dapu_relative": ("FedU, DAPU relative", ["strategy=fedu", "strategy.dapu_scale=relative"]),
 }
+MAIN_METHODS = ["fedu", "fedema", "fedbyol", "fedsimsiam", "fedsimclr", "fedmoco", "fedswav", "standalone",
+                "centralised", "random_init"]
 # evaluated, not trained (app/offline.py): the baseline every trained number is compared with
 EVALUATION_ONLY = {"random_init"}
 
@@ -40,9 +52,16 @@ EVALUATION_ONLY = {"random_init"}
 # One run each, kept under iid/, serves the row of every partition.
 PARTITION_FREE = {"centralised": "iid", "random_init": "iid"}
 
+# the numbers a cell reports (summary.json["final"] key, or a derived one) -> table column
+COLUMNS = {
+    "knn_initial": "kNN round 0", "knn": "kNN", "knn_bn_reestimated": "kNN, BN re-est.", "linear": "linear",
+    "linear_bn_reestimated": "linear, BN re-est.", "semi_1": "semi 1%", "semi_10": "semi 10%",
+    "wall_seconds": "wall (s)", "mb_per_round": "MB/round",
+}
 
-def cell_dir(out: Path, method: str, partition: str) -> Path:
-    return out / PARTITION_FREE.get(method, partition) / method
+
+def cell_dir(out: Path, method: str, partition: str, seed: int) -> Path:
+    return out / PARTITION_FREE.get(method, partition) / method / f"seed{seed}"
 
 
 def launch(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -91,32 +110,33 @@ def evaluation_summary(evaluation: dict) -> dict:
             "knn": [{"round": 0, "accuracy": final["knn_accuracy"]}], "wall_seconds": 0.0}
 
 
-def finished_cell(method: str, partition: str, args) -> dict | None:
-    out = cell_dir(args.out, method, partition)
+def finished_cell(method: str, partition: str, seed: int, args) -> dict | None:
+    out = cell_dir(args.out, method, partition, seed)
     if method in EVALUATION_ONLY:
         done = completed(out / "evaluation.json")
         return None if done is None else evaluation_summary(done)
     return completed(out / "summary.json")
 
 
-def run_cell(method: str, partition: str, args) -> dict:
-    out = cell_dir(args.out, method, partition)
+def run_cell(method: str, partition: str, seed: int, args) -> dict:
+    out = cell_dir(args.out, method, partition, seed)
     common = [*METHODS[method][1], f"dataset={args.dataset}", f"num_clients={args.num_clients}",
-              f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra]
+              f"experiment={args.preset}", f"seed={seed}", "wandb.mode=disabled", "progress=false", *args.extra]
     if method not in EVALUATION_ONLY:
-        return run_resumable(out, [*common, f"partition={out.parent.name}"])
-    if finished_cell(method, partition, args) is None:  # evaluated once, then read back
+        return run_resumable(out, [*common, f"partition={out.parent.parent.name}"])
+    if finished_cell(method, partition, seed, args) is None:  # evaluated once, then read back
         launch_logged([sys.executable, "main.py", *common, f"output_dir={out}"], out)
-    return finished_cell(method, partition, args)
+    return finished_cell(method, partition, seed, args)
 
 
-def row(method: str, partition: str, s: dict) -> dict:
-    final = s["final"]
-    rounds = s["rounds"]
+def cell(method: str, partition: str, seed: int, s: dict) -> dict:
+    """One run's numbers (fractions; None where the run did not report it)."""
+    final, rounds = s["final"], s["rounds"]
     return {
-        "method": METHODS[method][0], "partition": partition,
+        "method": METHODS[method][0], "key": method, "partition": partition, "seed": seed,
         "knn_initial": (s.get("initial_eval") or {}).get("knn_accuracy"),
-        "knn": final.get("knn_accuracy"), "linear": final.get("linear_accuracy"),
+        "knn": final.get("knn_accuracy"), "knn_bn_reestimated": final.get("knn_accuracy_bn_reestimated"),
+        "linear": final.get("linear_accuracy"), "linear_bn_reestimated": final.get("linear_accuracy_bn_reestimated"),
         "semi_1": final.get("semi_1%"), "semi_10": final.get("semi_10%"),
         "wall_seconds": s["wall_seconds"],
         "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / max(1, len(rounds)) / 1e6,
@@ -124,19 +144,52 @@ def row(method: str, partition: str, s: dict) -> dict:
     }
 
 
-def pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values reported; std None for one value."""
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def aggregate(cells: list[dict]) -> dict:
+    """The row of one (partition, method): every column's mean and std over its seeds, and the
+    kNN curve's mean and std per round (rounds every seed reported)."""
+    first = cells[0]
+    row = {"method": first["method"], "key": first["key"], "partition": first["partition"],
+           "seeds": [c["seed"] for c in cells]}
+    for col in COLUMNS:
+        row[col], row[f"{col}_std"] = mean_std([c[col] for c in cells])
+    rounds = sorted(set.intersection(*(set(r for r, _ in c["knn_by_round"]) for c in cells)))
+    by_seed = [dict(c["knn_by_round"]) for c in cells]
+    row["knn_by_round"] = [(r, *mean_std([b[r] for b in by_seed])) for r in rounds]
+    return row
+
+
+def fmt(mean, std, scale: float = 100.0, digits: int = 2) -> str:
+    if mean is None:
+        return "-"
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
 def markdown(rows: list[dict], args) -> str:
-    head = (f"{args.dataset}, {args.num_clients} clients, experiment={args.preset}, seed={args.seed} "
+    cols = [c for c in COLUMNS if any(r[c] is not None for r in rows)]
+    head = (f"{args.dataset}, {args.num_clients} clients, experiment={args.preset}, seeds {' '.join(map(str, args.seeds))} "
             f"{' '.join(args.extra)}").rstrip()
-    lines = [head, "", "| partition | method | kNN round 0 | kNN | linear | semi 1% | semi 10% | wall (s) | MB/round |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", f"commit {args.commit}; command: `{args.command}`", "",
+             "Mean ± standard deviation over the seeds (n = number of seeds finished); accuracies in %. "
+             "kNN/linear: BatchNorm statistics as aggregated (the reference code's); BN re-est.: re-estimated "
+             "on the evaluation bank's images.", "",
+             "| partition | method | n | " + " | ".join(COLUMNS[c] for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
     for r in rows:
-        lines.append(f"| {r['partition']} | {r['method']} | {pct(r['knn_initial'])} | {pct(r['knn'])} | "
-                     f"{pct(r['linear'])} | {pct(r['semi_1'])} | {pct(r['semi_10'])} | {r['wall_seconds']:.0f} | "
-                     f"{r['mb_per_round']:.1f} |")
+        cells = [fmt(r[c], r[f"{c}_std"], *((1.0, 0) if c == "wall_seconds" else (1.0, 1) if c == "mb_per_round" else ()))
+                 for c in cols]
+        lines.append(f"| {r['partition']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,19 +200,28 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     partitions = sorted({r["partition"] for r in rows})
-    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(partitions), figsize=(7 * len(partitions), 4.5), squeeze=False)
     for ax, part in zip(axes[0], partitions):
         for r in (r for r in rows if r["partition"] == part):
-            xs, ys = zip(*r["knn_by_round"]) if r["knn_by_round"] else ((), ())
-            if xs == (0,):  # not trained (random init): a level to compare with
-                ax.axhline(100 * ys[0], color="black", linestyle="--", linewidth=1, label=r["method"])
+            pts = r["knn_by_round"]
+            if not pts:
                 continue
-            ax.plot(xs, [100 * y for y in ys], marker="o", label=r["method"])
-        ax.set_title(f"partition={part}")
+            xs = [p[0] for p in pts]
+            mean = [100 * p[1] for p in pts]
+            std = [100 * (p[2] or 0.0) for p in pts]
+            label = f"{r['method']} (n={len(r['seeds'])})"
+            if xs == [0]:  # not trained (random init): a level to compare with, its spread as a band
+                ax.axhline(mean[0], color="black", linestyle="--", linewidth=1, label=label)
+                ax.axhspan(mean[0] - std[0], mean[0] + std[0], color="black", alpha=0.08)
+                continue
+            line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=line.get_color(), alpha=0.15)
+        ax.set_title(f"partition={part} (mean ± 1 std over seeds)")
         ax.set_xlabel("round")
         ax.set_ylabel("kNN accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -167,42 +229,61 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=MAIN_METHODS, choices=list(METHODS))
     p.add_argument("--partitions", nargs="+", default=["classes", "iid"])
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--num-clients", type=int, default=5)
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="every cell runs once per seed")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
-    p.add_argument("--extra", nargs="*", default=["eval.semi=true"], help="Hydra overrides for every cell")
+    p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every cell")
     p.add_argument("--report-only", action="store_true", help="write the table of the finished cells, run nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.commit = commit()
+    args.command = " ".join(["python benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def commit() -> str:
+    """The commit the cells ran on ("+ local changes" when the tree differs from it)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    return sha + (" + local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:  # the table of the cells finished so far; nothing is run
-        done = [(m, part, finished_cell(m, part, args)) for part in args.partitions for m in args.methods]
-        missing = [f"{part}/{m}" for m, part, s in done if s is None]
-        rows = [row(m, part, s) for m, part, s in done if s is not None]
-        if missing:
-            print(f"not finished yet: {', '.join(missing)}")
-        if not rows:
-            return rows
-    else:
-        rows = [row(m, part, run_cell(m, part, args)) for part in args.partitions for m in args.methods]
-    write_results(args, rows, markdown(rows, args), plot, "knn_rounds.png")
+    cells, missing = [], []
+    for part in args.partitions:
+        for m in args.methods:
+            for seed in args.seeds:
+                s = finished_cell(m, part, seed, args) if args.report_only else run_cell(m, part, seed, args)
+                if s is None:
+                    missing.append(f"{part}/{m}/seed{seed}")
+                else:
+                    cells.append(cell(m, part, seed, s))
+    if missing:
+        print(f"not finished yet: {', '.join(missing)}")
+    groups: dict[tuple, list] = {}
+    for c in cells:
+        groups.setdefault((c["partition"], c["key"]), []).append(c)
+    rows = [aggregate(g) for g in groups.values()]
+    if rows:
+        write_results(args, rows, markdown(rows, args), plot, "knn_rounds.png", cells=cells)
     return rows
 
 
-def write_results(args, rows: list[dict], table: str, plot_fn, png: str) -> None:
-    """Print the table; write table.md, table.json (settings + rows) and the plot into args.out."""
+def write_results(args, rows: list[dict], table: str, plot_fn, png: str, cells: list[dict] | None = None) -> None:
+    """Print the table; write table.md, table.json (settings, rows, per-seed cells) and the plot into args.out."""
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(table)
-    (args.out / "table.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                     "rows": rows}, indent=2))
+    doc = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    if cells is not None:
+        doc["cells"] = cells
+    (args.out / "table.json").write_text(json.dumps(doc, indent=2))
     plot_fn(rows, args.out / png)
     print(f"written: {args.out}/table.md, table.json, {png}")
 

@@ -1,4 +1,4 @@
-"""The comparison runner resumes: finished cells are read back, never rerun."""
+"""The comparison runner resumes: finished cells (<partition>/<method>/seed<k>) are read back, never rerun."""
 
 import json
 import subprocess
@@ -35,7 +35,7 @@ def fake_launcher(calls: list, file: str, content: dict):
 def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeypatch):
     for part, method, knn in (("classes", "fedu", 0.10), ("classes", "fedema", 0.12), ("iid", "fedu", 0.2),
                               ("iid", "fedema", 0.22)):
-        cell = tmp_path / part / method
+        cell = tmp_path / part / method / "seed0"
         cell.mkdir(parents=True)
         (cell / "summary.json").write_text(json.dumps(fake_summary(knn)))
 
@@ -47,7 +47,7 @@ def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeyp
     assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [
         ("classes", "FedU", 0.10), ("classes", "FedEMA", 0.12), ("iid", "FedU", 0.2), ("iid", "FedEMA", 0.22)]
     table = (tmp_path / "table.md").read_text()
-    assert "| classes | FedEMA | 5.00 | 12.00 | 13.00 | 2.00 | 4.00 | 12 | 4.0 |" in table
+    assert "| classes | FedEMA | 1 | 5.00 | 12.00 | 13.00 | 2.00 | 4.00 | 12 | 4.0 |" in table
     assert json.loads((tmp_path / "table.json").read_text())["rows"][0]["mb_per_round"] == pytest.approx(4.0)
     assert (tmp_path / "knn_rounds.png").stat().st_size > 1000
 
@@ -55,24 +55,24 @@ def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeyp
 def test_an_unfinished_cell_is_run_and_an_interrupted_one_resumed(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(compare, "launch", fake_launcher(calls, "summary.json", fake_summary(0.1)))
-    interrupted = tmp_path / "classes" / "fedbyol"
+    interrupted = tmp_path / "classes" / "fedbyol" / "seed0"
     (interrupted / "state").mkdir(parents=True)
     (interrupted / "state" / "server.pt").write_bytes(b"x")
     (interrupted / "summary.json").write_text(json.dumps({"status": "running"}))
     compare.main(["--methods", "fedu", "fedbyol", "--partitions", "classes", "--out", str(tmp_path)])
-    assert "strategy=fedu" in calls[0] and f"output_dir={tmp_path / 'classes' / 'fedu'}" in calls[0]
+    assert "strategy=fedu" in calls[0] and f"output_dir={tmp_path / 'classes' / 'fedu' / 'seed0'}" in calls[0]
     assert calls[1][2:] == [f"resume={interrupted}"]
 
 
 def test_report_only_tables_the_finished_cells_and_runs_nothing(tmp_path, monkeypatch, capsys):
-    cell = tmp_path / "classes" / "fedu"
+    cell = tmp_path / "classes" / "fedu" / "seed0"
     cell.mkdir(parents=True)
     (cell / "summary.json").write_text(json.dumps(fake_summary(0.1)))
     monkeypatch.setattr(compare, "launch", lambda cmd: (_ for _ in ()).throw(AssertionError("ran a cell")))
     rows = compare.main(["--methods", "fedu", "fedema", "--partitions", "classes", "--out", str(tmp_path), "--report-only"])
     assert [r["method"] for r in rows] == ["FedU"]
-    assert "not finished yet: classes/fedema" in capsys.readouterr().out
-    assert "| classes | FedU |" in (tmp_path / "table.md").read_text()
+    assert "not finished yet: classes/fedema/seed0" in capsys.readouterr().out
+    assert "| classes | FedU | 1 |" in (tmp_path / "table.md").read_text()
 
 
 def test_centralised_runs_once_for_every_partition(tmp_path, monkeypatch):
@@ -80,7 +80,7 @@ def test_centralised_runs_once_for_every_partition(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(compare, "launch", fake_launcher(calls, "summary.json", fake_summary(0.3)))
     rows = compare.main(["--methods", "centralised", "--partitions", "classes", "iid", "--out", str(tmp_path)])
-    assert len(calls) == 1 and "partition=iid" in calls[0] and f"output_dir={tmp_path / 'iid' / 'centralised'}" in calls[0]
+    assert len(calls) == 1 and "partition=iid" in calls[0] and f"output_dir={tmp_path / 'iid' / 'centralised' / 'seed0'}" in calls[0]
     assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [("classes", "Centralised", 0.3), ("iid", "Centralised", 0.3)]
 
 
