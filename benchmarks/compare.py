@@ -256,9 +256,9 @@ def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     cells, missing = [], []
-    for part in args.partitions:
-        for m in args.methods:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: an interrupted table has every method at the first seeds
+        for part in args.partitions:
+            for m in args.methods:
                 s = finished_cell(m, part, seed, args) if args.report_only else run_cell(m, part, seed, args)
                 if s is None:
                     missing.append(f"{part}/{m}/seed{seed}")
@@ -267,8 +267,11 @@ def main(argv=None) -> list[dict]:
     if missing:
         print(f"not finished yet: {', '.join(missing)}")
     groups: dict[tuple, list] = {}
-    for c in cells:
-        groups.setdefault((c["partition"], c["key"]), []).append(c)
+    for part in args.partitions:  # rows in the order of the partitions and methods asked for
+        for m in args.methods:
+            found = [c for c in cells if c["partition"] == part and c["key"] == m]
+            if found:
+                groups[(part, m)] = found
     rows = [aggregate(g) for g in groups.values()]
     if rows:
         write_results(args, rows, markdown(rows, args), plot, "knn_rounds.png", cells=cells)
