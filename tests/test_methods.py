@@ -140,3 +140,30 @@ def test_moco_with_one_split_is_plain_batchnorm_and_with_two_depends_on_the_shuf
     m.splits = 2
     a, b = (m.loss(views, torch.Generator().manual_seed(s)).item() for s in (0, 1))
     assert a != pytest.approx(b) and a != pytest.approx(one.item())
+
+
+def test_learning_rate_warm_up_rises_linearly_over_its_share_of_the_run(monkeypatch):
+    """ssl.warmup_rounds (issue 14): step s of the run's first rounds trains at lr * s / warm-up steps."""
+    import tasks.ssl.train as ssl_train
+    from app.config import compose, to_plain
+
+    cfg = to_plain(compose(["experiment=smoke", "strategy=fedavg", "ssl=simsiam", "ssl.proj_dim=16"]))
+    m = build_method(cfg["ssl"], cfg["model"])
+    m.init_local_parts({"online"})
+    seen = []
+    real = ssl_train.sgd_step
+
+    def record(opt, *a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return real(opt, *a, **k)
+
+    monkeypatch.setattr(ssl_train, "sgd_step", record)
+    images = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
+    kw = dict(epochs=1, batch_size=16, lr=0.1, momentum=0.9, weight_decay=0.0, compute=Compute(torch.device("cpu")),
+              who="test", warmup_until=0.5)
+    # a run of 2 rounds of 4 steps, warm-up over its first half: round 1 climbs, round 2 is at lr
+    ssl_train.train_one_round(m, images, generator=torch.Generator().manual_seed(0), progress_start=0.0,
+                              progress_span=0.5, **kw)
+    ssl_train.train_one_round(m, images, generator=torch.Generator().manual_seed(1), progress_start=0.5,
+                              progress_span=0.5, **kw)
+    assert seen == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.1, 0.1])

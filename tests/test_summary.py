@@ -61,6 +61,21 @@ def test_the_document_keeps_the_history_the_task_declares_and_completes_on_the_l
     assert resumed["resumed"][0]["from_round"] == 1
 
 
+def test_issue_14_series_reach_the_history_and_wandb():
+    """BN-re-estimated kNN joins the kNN history; relative divergence and SDR's per-path kNN go to W&B."""
+    schema = SummarySchema(TASKS["ssl"].metrics, FedU.CLIENT_FIELDS, FedU.ROUND_FIELDS)
+    record = fedu_record()
+    record["clients"]["0"]["divergence_relative"] = 0.02
+    record["eval"].update(knn_accuracy_bn_reestimated=0.15, path_knn={"0": 0.2, "1": 0.3})
+    flat = schema.wandb_values(record)
+    assert flat["client/0/divergence_relative"] == 0.02 and flat["eval/knn_accuracy_bn_reestimated"] == 0.15
+    assert (flat["eval/path_knn/0"], flat["eval/path_knn/1"]) == (0.2, 0.3)
+    assert "kNN (BN re-estimated) 15.00%" in schema.progress_line(record, 4)
+    entry = TASKS["ssl"].metrics.series.entry(2, record["eval"])
+    assert entry == {"round": 2, "accuracy": 0.125, "accuracy_bn_reestimated": 0.15}
+    assert TASKS["ssl"].metrics.series.entry(3, {"knn_accuracy": 0.1}) == {"round": 3, "accuracy": 0.1}
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_declares_its_headline_and_history(task):
     metrics = TASKS[task].metrics
