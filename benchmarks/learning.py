@@ -5,8 +5,8 @@ order that gives the most evidence first, then one table of everything finished.
 
 1. every method of the comparison with seeds 0 and 1 (FedU, FedEMA, FedBYOL, FedSimSiam,
    FedSimCLR, standalone, centralised, random init), `classes` partition;
-2. seed 2 of the rows the papers' claims compare (FedU, FedEMA, standalone, random init);
-3. FedU's ablations (predictor local, sync target, sync both, scale-free DAPU) with seed 0;
+2. FedU's ablations (predictor local, sync target, sync both, scale-free DAPU) with seed 0;
+3. seed 2 of the rows the papers' claims compare (FedU, FedEMA, standalone, random init);
 4. seed 2 of the other rows (FedBYOL, FedSimSiam, FedSimCLR, centralised).
 Every step resumes (benchmarks/compare.py): rerun the command to continue; `--seeds` of the final
 table lists what is included, and the table's `n` column how many seeds each row has.
@@ -30,7 +30,7 @@ COMPARED = [m for m in MAIN_METHODS if m not in ("fedmoco", "fedswav")]  # the i
 def plan(dataset: str) -> list[tuple[list[str], list[int]]]:
     if dataset != "cifar10":
         return [(["fedu", "fedbyol", "standalone", "random_init"], [0])]
-    return [(COMPARED, [0, 1]), (CLAIM_ROWS, [2]), (ABLATIONS, [0]), ([m for m in COMPARED if m not in CLAIM_ROWS], [2])]
+    return [(COMPARED, [0, 1]), (ABLATIONS, [0]), (CLAIM_ROWS, [2]), ([m for m in COMPARED if m not in CLAIM_ROWS], [2])]
 
 
 def run(argv=None) -> None:
