@@ -106,8 +106,11 @@ def run_resumable(out: Path, overrides: list[str]) -> dict:
 def evaluation_summary(evaluation: dict) -> dict:
     """An evaluation.json (mode=evaluate) in the shape of a run's summary: round 0 only."""
     final = evaluation["final"]
-    return {"status": "completed", "initial_eval": final, "final": final, "rounds": [],
-            "knn": [{"round": 0, "accuracy": final["knn_accuracy"]}], "wall_seconds": 0.0}
+    entry = {"round": 0, "accuracy": final["knn_accuracy"]}
+    if "knn_accuracy_bn_reestimated" in final:
+        entry["accuracy_bn_reestimated"] = final["knn_accuracy_bn_reestimated"]
+    return {"status": "completed", "initial_eval": final, "final": final, "rounds": [], "knn": [entry],
+            "wall_seconds": 0.0}
 
 
 def finished_cell(method: str, partition: str, seed: int, args) -> dict | None:
@@ -141,6 +144,8 @@ def cell(method: str, partition: str, seed: int, s: dict) -> dict:
         "wall_seconds": s["wall_seconds"],
         "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / max(1, len(rounds)) / 1e6,
         "knn_by_round": [(k["round"], k["accuracy"]) for k in s["knn"]],
+        "knn_bn_reestimated_by_round": [(k["round"], k["accuracy_bn_reestimated"]) for k in s["knn"]
+                                        if "accuracy_bn_reestimated" in k],
     }
 
 
@@ -163,9 +168,10 @@ def aggregate(cells: list[dict]) -> dict:
            "seeds": [c["seed"] for c in cells]}
     for col in COLUMNS:
         row[col], row[f"{col}_std"] = mean_std([c[col] for c in cells])
-    rounds = sorted(set.intersection(*(set(r for r, _ in c["knn_by_round"]) for c in cells)))
-    by_seed = [dict(c["knn_by_round"]) for c in cells]
-    row["knn_by_round"] = [(r, *mean_std([b[r] for b in by_seed])) for r in rounds]
+    for series in ("knn_by_round", "knn_bn_reestimated_by_round"):
+        by_seed = [dict(c.get(series, [])) for c in cells]
+        rounds = sorted(set.intersection(*(set(b) for b in by_seed)))
+        row[series] = [(r, *mean_std([b[r] for b in by_seed])) for r in rounds]
     return row
 
 
@@ -200,10 +206,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     partitions = sorted({r["partition"] for r in rows})
-    fig, axes = plt.subplots(1, len(partitions), figsize=(7 * len(partitions), 4.5), squeeze=False)
-    for ax, part in zip(axes[0], partitions):
+    panels = [(series, part) for series in ("knn_by_round", "knn_bn_reestimated_by_round")
+              if any(r.get(series) for r in rows) for part in partitions]
+    fig, axes = plt.subplots(len(panels) // len(partitions), len(partitions), squeeze=False,
+                             figsize=(7 * len(partitions), 4.5 * len(panels) // len(partitions)))
+    for ax, (series, part) in zip(axes.flat, panels):
         for r in (r for r in rows if r["partition"] == part):
-            pts = r["knn_by_round"]
+            pts = r.get(series) or []
             if not pts:
                 continue
             xs = [p[0] for p in pts]
@@ -217,7 +226,8 @@ def plot(rows: list[dict], path: Path) -> None:
             line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=line.get_color(), alpha=0.15)
-        ax.set_title(f"partition={part} (mean ± 1 std over seeds)")
+        bn = "BatchNorm re-estimated" if series == "knn_bn_reestimated_by_round" else "BatchNorm as aggregated"
+        ax.set_title(f"partition={part}, {bn} (mean ± 1 std over seeds)", fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel("kNN accuracy (%)")
         ax.grid(alpha=0.3)

@@ -50,11 +50,14 @@ def test_runner_writes_mean_and_std_per_row_with_commit_and_command(tmp_path, mo
             "status": "completed", "initial_eval": {"knn_accuracy": 0.2},
             "final": {"knn_accuracy": knn, "linear_accuracy": knn + 0.1, "knn_accuracy_bn_reestimated": knn + 0.01},
             "rounds": [{"bytes_sent": 2e6, "bytes_received": 2e6}],
-            "knn": [{"round": 0, "accuracy": 0.2}, {"round": 1, "accuracy": knn}], "wall_seconds": 60.0}))
+            "knn": [{"round": 0, "accuracy": 0.2}, {"round": 1, "accuracy": knn, "accuracy_bn_reestimated": knn + 0.01}],
+            "wall_seconds": 60.0}))
     monkeypatch.setattr(compare, "launch", lambda cmd: (_ for _ in ()).throw(AssertionError("ran a cell")))
     rows = compare.main(["--methods", "fedu", "--partitions", "classes", "--seeds", "0", "1", "2",
                          "--out", str(tmp_path)])
     assert len(rows) == 1 and rows[0]["knn"] == pytest.approx(0.32)
+    (rnd, mean, std), = rows[0]["knn_bn_reestimated_by_round"]  # the re-estimated curve: round 1 only
+    assert rnd == 1 and mean == pytest.approx(0.33) and std == pytest.approx(0.02)
     table = (tmp_path / "table.md").read_text()
     assert "| classes | FedU | 3 | 20.00 ± 0.00 | 32.00 ± 2.00 | 33.00 ± 2.00 | 42.00 ± 2.00 |" in table
     assert "commit " in table and "--seeds 0 1 2" in table
