@@ -53,11 +53,31 @@ EVALUATION_ONLY = {"random_init"}
 PARTITION_FREE = {"centralised": "iid", "random_init": "iid"}
 
 # the numbers a cell reports (summary.json["final"] key, or a derived one) -> table column
+# The *_gain columns are paired by seed (each seed's untrained network differs): a run's kNN minus
+# its own round 0, its linear probe minus the random-init row's of the same seed.
 COLUMNS = {
-    "knn_initial": "kNN round 0", "knn": "kNN", "knn_bn_reestimated": "kNN, BN re-est.", "linear": "linear",
-    "linear_bn_reestimated": "linear, BN re-est.", "semi_1": "semi 1%", "semi_10": "semi 10%",
+    "knn_initial": "kNN round 0", "knn": "kNN", "knn_gain": "kNN − round 0", "knn_bn_reestimated": "kNN, BN re-est.",
+    "knn_bn_reestimated_gain": "kNN, BN re-est. − round 0", "linear": "linear",
+    "linear_gain": "linear − random init", "linear_bn_reestimated": "linear, BN re-est.",
+    "linear_bn_reestimated_gain": "linear, BN re-est. − random init", "semi_1": "semi 1%", "semi_10": "semi 10%",
     "wall_seconds": "wall (s)", "mb_per_round": "MB/round",
 }
+
+
+def _minus(a, b):
+    return None if a is None or b is None else a - b
+
+
+def add_gains(cells: list[dict]) -> None:
+    """Each cell's paired gains: over its own round 0 (kNN), over the same seed's random init (linear)."""
+    init = {c["seed"]: c for c in cells if c["key"] == "random_init"}
+    for c in cells:
+        start = dict(c.get("knn_bn_reestimated_by_round", [])).get(0)
+        c["knn_gain"] = _minus(c["knn"], c["knn_initial"])
+        c["knn_bn_reestimated_gain"] = _minus(c["knn_bn_reestimated"], start)
+        base = init.get(c["seed"], {})
+        c["linear_gain"] = _minus(c["linear"], base.get("linear"))
+        c["linear_bn_reestimated_gain"] = _minus(c["linear_bn_reestimated"], base.get("linear_bn_reestimated"))
 
 
 def cell_dir(out: Path, method: str, partition: str, seed: int) -> Path:
@@ -167,7 +187,7 @@ def aggregate(cells: list[dict]) -> dict:
     row = {"method": first["method"], "key": first["key"], "partition": first["partition"],
            "seeds": [c["seed"] for c in cells]}
     for col in COLUMNS:
-        row[col], row[f"{col}_std"] = mean_std([c[col] for c in cells])
+        row[col], row[f"{col}_std"] = mean_std([c.get(col) for c in cells])
     for series in ("knn_by_round", "knn_bn_reestimated_by_round"):
         by_seed = [dict(c.get(series, [])) for c in cells]
         rounds = sorted(set.intersection(*(set(b) for b in by_seed)))
@@ -183,7 +203,7 @@ def fmt(mean, std, scale: float = 100.0, digits: int = 2) -> str:
 
 
 def markdown(rows: list[dict], args) -> str:
-    cols = [c for c in COLUMNS if any(r[c] is not None for r in rows)]
+    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     head = (f"{args.dataset}, {args.num_clients} clients, experiment={args.preset}, seeds {' '.join(map(str, args.seeds))} "
             f"{' '.join(args.extra)}").rstrip()
     lines = [head, "", f"commit {args.commit}; command: `{args.command}`", "",
@@ -193,7 +213,7 @@ def markdown(rows: list[dict], args) -> str:
              "| partition | method | n | " + " | ".join(COLUMNS[c] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for r in rows:
-        cells = [fmt(r[c], r[f"{c}_std"], *((1.0, 0) if c == "wall_seconds" else (1.0, 1) if c == "mb_per_round" else ()))
+        cells = [fmt(r.get(c), r.get(f"{c}_std"), *((1.0, 0) if c == "wall_seconds" else (1.0, 1) if c == "mb_per_round" else ()))
                  for c in cols]
         lines.append(f"| {r['partition']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -276,6 +296,7 @@ def main(argv=None) -> list[dict]:
                     cells.append(cell(m, part, seed, s))
     if missing:
         print(f"not finished yet: {', '.join(missing)}")
+    add_gains(cells)
     groups: dict[tuple, list] = {}
     for part in args.partitions:  # rows in the order of the partitions and methods asked for
         for m in args.methods:

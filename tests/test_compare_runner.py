@@ -47,7 +47,7 @@ def test_finished_cells_are_not_rerun_and_the_table_is_written(tmp_path, monkeyp
     assert [(r["partition"], r["method"], r["knn"]) for r in rows] == [
         ("classes", "FedU", 0.10), ("classes", "FedEMA", 0.12), ("iid", "FedU", 0.2), ("iid", "FedEMA", 0.22)]
     table = (tmp_path / "table.md").read_text()
-    assert "| classes | FedEMA | 1 | 5.00 | 12.00 | 13.00 | 2.00 | 4.00 | 12 | 4.0 |" in table
+    assert "| classes | FedEMA | 1 | 5.00 | 12.00 | 7.00 | 13.00 | 2.00 | 4.00 | 12 | 4.0 |" in table
     assert json.loads((tmp_path / "table.json").read_text())["rows"][0]["mb_per_round"] == pytest.approx(4.0)
     assert (tmp_path / "knn_rounds.png").stat().st_size > 1000
 

@@ -59,8 +59,30 @@ def test_runner_writes_mean_and_std_per_row_with_commit_and_command(tmp_path, mo
     (rnd, mean, std), = rows[0]["knn_bn_reestimated_by_round"]  # the re-estimated curve: round 1 only
     assert rnd == 1 and mean == pytest.approx(0.33) and std == pytest.approx(0.02)
     table = (tmp_path / "table.md").read_text()
-    assert "| classes | FedU | 3 | 20.00 ± 0.00 | 32.00 ± 2.00 | 33.00 ± 2.00 | 42.00 ± 2.00 |" in table
+    # kNN round 0, kNN, kNN - round 0 (12 ± 2), kNN BN re-est., linear; columns nobody reported are left out
+    assert "| classes | FedU | 3 | 20.00 ± 0.00 | 32.00 ± 2.00 | 12.00 ± 2.00 | 33.00 ± 2.00 | 42.00 ± 2.00 |" in table
     assert "commit " in table and "--seeds 0 1 2" in table
     doc = json.loads((tmp_path / "table.json").read_text())
     assert len(doc["cells"]) == 3 and doc["rows"][0]["knn_std"] == pytest.approx(0.02)
     assert (tmp_path / "knn_rounds.png").stat().st_size > 1000
+
+
+def test_gains_are_paired_with_the_same_seeds_untrained_network():
+    def with_curve(c, re0, re_final, linear_re):
+        c.update(knn_bn_reestimated=re_final, linear_bn_reestimated=linear_re,
+                 knn_bn_reestimated_by_round=[(0, re0), (4, re_final)])
+        return c
+
+    runs = [with_curve(made_up(0, 0.30, 0.40, []), 0.25, 0.27, 0.30), with_curve(made_up(1, 0.20, 0.38, []), 0.22, 0.21, 0.31)]
+    runs[1]["knn_initial"] = 0.26
+    inits = [with_curve(dict(made_up(s, k, lin, []), key="random_init", method="Random init"), re, re, lr)
+             for s, k, lin, re, lr in ((0, 0.2, 0.35, 0.25, 0.28), (1, 0.26, 0.30, 0.22, 0.27))]
+    compare.add_gains(runs + inits)
+    # kNN against each run's own round 0: 0.30 - 0.2 and 0.20 - 0.26; re-estimated: 0.27 - 0.25, 0.21 - 0.22
+    assert [c["knn_gain"] for c in runs] == pytest.approx([0.10, -0.06])
+    assert [c["knn_bn_reestimated_gain"] for c in runs] == pytest.approx([0.02, -0.01])
+    # linear against the same seed's random init: 0.40 - 0.35, 0.38 - 0.30; re-estimated 0.30 - 0.28, 0.31 - 0.27
+    assert [c["linear_gain"] for c in runs] == pytest.approx([0.05, 0.08])
+    assert [c["linear_bn_reestimated_gain"] for c in runs] == pytest.approx([0.02, 0.04])
+    row = compare.aggregate(runs)
+    assert row["knn_gain"] == pytest.approx(0.02) and row["knn_gain_std"] == pytest.approx(math.sqrt(2) * 0.08)
