@@ -3,11 +3,12 @@ divergence-aware predictor update (DAPU) decided per client on the server.
 
 predictor: "dapu" (FedU), "global" (FedBYOL: always the server's predictor), "local" (ablation:
 never adopt). dapu_scale: "absolute" (the paper's rule, d_k < mu) or "relative" (issue 14: each
-layer's distance divided by the norm of the weights it is measured from, d_k^rel < mu_relative; the
-paper's mu was set for the full ResNet-18 and at width 0.25 makes every decision "global"). Both
-divergences are recorded every round whichever decides. divergence: "paper" computes d_k = distance(client k's upload, new aggregate) here at
-aggregation time, keeping one scalar per client; "reference" uses the distance between the
-client's online encoder before and after its local training, reported by the client.
+layer's distance divided by the norm of the layer it is measured against, d_k^rel < mu_relative;
+the paper's mu was set for the full ResNet-18 and at width 0.25 makes every decision "global").
+Both divergences are recorded every round whichever decides. divergence: "paper" computes
+d_k = distance(client k's upload, new aggregate) here at aggregation time, keeping one scalar per
+client; "reference" uses the distance between the client's online encoder before and after its
+local training, reported by the client.
 Each client's decision travels in its own instructions the next time it is selected; a client
 that skipped rounds keeps its last decision.
 """

@@ -114,7 +114,6 @@ def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, n
 
 
 @torch.no_grad()
-@torch.no_grad()
 def recalibrate_batchnorm(net: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 512) -> None:
     """Re-estimate BatchNorm running statistics on `images` (cumulative average, no training).
 
