@@ -21,10 +21,8 @@ import math
 import sys
 from pathlib import Path
 
-PLOTS = ("accuracy.png", "loss.png", "divergence.png", "bytes.png")
-
-
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed); also the benchmarks'."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,10 +45,11 @@ def client_series(rounds: list[dict], key: str) -> dict[str, list[tuple[int, obj
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close `fig`; returns `path`."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
@@ -60,7 +59,7 @@ def _title(summary: dict) -> str:
 
 
 def accuracy_plot(summary: dict, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     knn, retrieval = summary.get("knn") or [], summary.get("retrieval") or []
     final = summary.get("final") or {}
     path_knn = final.get("path_knn") or {}
@@ -109,7 +108,7 @@ def accuracy_plot(summary: dict, path: Path) -> Path | None:
         bx.set_xlabel("path")
         bx.set_ylabel("kNN accuracy (%)")
         bx.set_title("SDR: each path's kNN (final)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_plot(summary: dict, path: Path) -> Path | None:
@@ -117,7 +116,7 @@ def loss_plot(summary: dict, path: Path) -> Path | None:
     pts = [(r["round"], r["train_loss"]) for r in rounds if _finite(r.get("train_loss"))]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.plot(*zip(*pts), "-o", color="black", markersize=3, label="mean over clients")
     for pid, series in client_series(rounds, "loss").items():
@@ -129,7 +128,7 @@ def loss_plot(summary: dict, path: Path) -> Path | None:
     ax.set_title(_title(summary), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def divergence_plot(summary: dict, path: Path) -> Path | None:
@@ -143,7 +142,7 @@ def divergence_plot(summary: dict, path: Path) -> Path | None:
         return None
     decisions = client_series(rounds, "predictor_next")
     mu = client_series(rounds, "mu")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if mu else 1, figsize=(11 if mu else 6.5, 4.2), squeeze=False)
     ax = axes[0][0]
     for pid, series in divergence.items():
@@ -174,7 +173,7 @@ def divergence_plot(summary: dict, path: Path) -> Path | None:
         bx.set_ylim(0, 1.05)
         bx.grid(alpha=0.3)
         bx.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bytes_plot(summary: dict, path: Path) -> Path | None:
@@ -183,7 +182,7 @@ def bytes_plot(summary: dict, path: Path) -> Path | None:
            if "bytes_sent" in r]
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     xs = [p[0] for p in pts]
     ax.bar([x - 0.2 for x in xs], [p[1] for p in pts], width=0.4, label="sent (server to clients)")
@@ -193,7 +192,7 @@ def bytes_plot(summary: dict, path: Path) -> Path | None:
     ax.set_title(_title(summary), fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(summary: dict, out_dir: Path) -> list[Path]:

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.plots import pyplot, save_figure  # noqa: E402
 
 # method -> (display name, Hydra overrides)
 METHODS = {
@@ -62,6 +65,10 @@ COLUMNS = {
     "linear_bn_reestimated_gain": "linear, BN re-est. − random init", "semi_1": "semi 1%", "semi_10": "semi 10%",
     "wall_seconds": "wall (s)", "mb_per_round": "MB/round",
 }
+
+
+# (scale, digits) of the columns that are not accuracies (fmt's default: fraction -> % with 2 digits)
+UNITS = {"wall_seconds": (1.0, 0), "mb_per_round": (1.0, 1)}
 
 
 def _minus(a, b):
@@ -213,18 +220,13 @@ def markdown(rows: list[dict], args) -> str:
              "| partition | method | n | " + " | ".join(COLUMNS[c] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for r in rows:
-        cells = [fmt(r.get(c), r.get(f"{c}_std"), *((1.0, 0) if c == "wall_seconds" else (1.0, 1) if c == "mb_per_round" else ()))
-                 for c in cols]
+        cells = [fmt(r.get(c), r.get(f"{c}_std"), *UNITS.get(c, ())) for c in cols]
         lines.append(f"| {r['partition']} | {r['method']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     partitions = sorted({r["partition"] for r in rows})
     panels = [(series, part) for series in ("knn_by_round", "knn_bn_reestimated_by_round")
               if any(r.get(series) for r in rows) for part in partitions]
@@ -252,9 +254,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("kNN accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def parse(argv=None):

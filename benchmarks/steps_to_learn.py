@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import compose, to_plain  # noqa: E402
+from app.plots import pyplot, save_figure  # noqa: E402
+from compare import commit, write_results  # noqa: E402
 from tasks.common.evaluate import features_on, knn_score, recalibrate_batchnorm  # noqa: E402
 from tasks.common.federated_data import dataset_from_cfg, evaluation_sets  # noqa: E402
 from tasks.common.precision import compute_for  # noqa: E402
@@ -100,12 +100,7 @@ def markdown(rows: list[dict], head: str) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
     steps = [r["step"] for r in rows]
     for key, label in (("knn", "kNN"), ("knn_bn_reestimated", "kNN, BN re-estimated")):
         line, = ax.plot(steps, [100 * r[key] for r in rows], "-o", markersize=3, label=label)
@@ -115,9 +110,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> list[dict]:
@@ -131,17 +124,13 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     cfg = to_plain(compose(["experiment=cpu", f"dataset={args.dataset}", *args.overrides]))
     rows = measure(cfg, args.steps, args.every, args.images)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    command = " ".join(["python benchmarks/steps_to_learn.py", *(sys.argv[1:] if argv is None else argv)])
+    args.commit = commit()
+    args.command = " ".join(["python benchmarks/steps_to_learn.py", *(sys.argv[1:] if argv is None else argv)])
+    args.out = ROOT / "benchmarks" / "results" / "steps_to_learn" / f"{args.dataset}-{args.name}"
     head = (f"{args.dataset}, centralised, experiment=cpu {' '.join(args.overrides)} (width {cfg['model']['width']}, "
-            f"batch {cfg['batch_size']}, ssl={cfg['ssl']['name']}); commit {sha}; command: `{command}`").strip()
-    table = markdown(rows, head)
-    print(table)
-    out = ROOT / "benchmarks" / "results" / "steps_to_learn" / f"{args.dataset}-{args.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table)
-    (out / "table.json").write_text(json.dumps({"command": command, "commit": sha, "rows": rows}, indent=2))
-    plot(rows, out / "knn_steps.png", head[:140])
+            f"batch {cfg['batch_size']}, ssl={cfg['ssl']['name']}); commit {args.commit}; "
+            f"command: `{args.command}`").strip()
+    write_results(args, rows, markdown(rows, head), lambda r, path: plot(r, path, head[:140]), "knn_steps.png")
     return rows
 
 

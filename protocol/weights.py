@@ -36,18 +36,24 @@ def weighted_average(updates: Sequence[NDArrays], weights: Sequence[float]) -> N
     return out
 
 
-def layer_divergence(a: NDArrays, b: NDArrays, layers: Sequence[int], relative: bool = False) -> float:
-    """FedU's divergence: mean over the chosen layers of ||W_l^a - W_l^b||_2 (SPEC §2.3).
-
-    relative=True: each layer's distance divided by ||W_l^b||_2, a scale-free form (issue 14): the
-    paper's sum of distances grows with the layers' size, so one mu cannot serve every width."""
+def layer_divergences(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> tuple[float, float]:
+    """FedU's divergence, mean over the chosen layers of ||W_l^a - W_l^b||_2 (SPEC §2.3), and its
+    scale-free form (issue 14), mean of ||W_l^a - W_l^b||_2 / ||W_l^b||_2, in one pass: the paper's
+    distances grow with the layers' size, so one mu cannot serve every width."""
     if not layers:
         raise ValueError("layer_divergence: no layers selected")
-    dists = []
+    absolute, relative = [], []
     for i in layers:
-        d = np.linalg.norm((a[i].astype(np.float64) - b[i].astype(np.float64)).ravel())
-        dists.append(d / max(float(np.linalg.norm(b[i].astype(np.float64).ravel())), 1e-12) if relative else d)
-    return float(np.mean(dists))
+        ref = b[i].astype(np.float64).ravel()
+        d = float(np.linalg.norm(a[i].astype(np.float64).ravel() - ref))
+        absolute.append(d)
+        relative.append(d / max(float(np.linalg.norm(ref)), 1e-12))
+    return float(np.mean(absolute)), float(np.mean(relative))
+
+
+def layer_divergence(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> float:
+    """FedU's divergence: mean over the chosen layers of ||W_l^a - W_l^b||_2 (SPEC §2.3)."""
+    return layer_divergences(a, b, layers)[0]
 
 
 # The relative threshold that matches the paper's mu = 0.4 on the reference model: the mean norm of

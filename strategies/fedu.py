@@ -20,7 +20,7 @@ import dataclasses
 from protocol.checks import Choice, ConfigError, Float
 from protocol.fields import ClientField
 from protocol.instructions import Instructions
-from protocol.weights import MU_RELATIVE_DEFAULT, NDArrays, dapu_adopts_global, layer_divergence
+from protocol.weights import MU_RELATIVE_DEFAULT, NDArrays, dapu_adopts_global, layer_divergences
 from strategies.base import FedSSL
 
 
@@ -75,8 +75,7 @@ class FedU(FedSSL):
         aggregated = super().aggregate_updates(server_round, updates)
         for pid, arrays, _, metrics in updates:
             if self.divergence_form == "paper":
-                d = layer_divergence(arrays, aggregated, self.layout.divergence_layers)
-                rel = layer_divergence(arrays, aggregated, self.layout.divergence_layers, relative=True)
+                d, rel = layer_divergences(arrays, aggregated, self.layout.divergence_layers)
             else:
                 d = float(metrics["divergence_reference"])
                 rel = metrics.get("divergence_reference_relative")

@@ -32,6 +32,8 @@ class RepresentationEvaluator:
     def __init__(self, cfg: dict, layout: Layout):
         self.cfg, self.options = cfg, dict(layout.options)
         self.ev = cfg["eval"]
+        self.device = resolve_device(str(cfg["device"]))
+        self.compute = compute_for(cfg, self.device)
         self._sets = None
 
     def sets(self) -> dict:
@@ -47,8 +49,7 @@ class RepresentationEvaluator:
 
     def recalibrate(self, encoder) -> None:
         """BatchNorm statistics re-estimated on the bank's images (no labels read)."""
-        device = resolve_device(str(self.cfg["device"]))
-        recalibrate_batchnorm(encoder, self.sets()["x_bank"], device, int(self.ev["batch_size"]))
+        recalibrate_batchnorm(encoder, self.sets()["x_bank"], self.device, int(self.ev["batch_size"]))
 
     def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:
         """kNN (and at the end linear probe, semi-supervised) of one model. BatchNorm statistics
@@ -61,7 +62,7 @@ class RepresentationEvaluator:
             self.recalibrate(encoder)
         out = self.scores(encoder, final)
         if final and self.ev.get("semi"):
-            out.update(self.semi_supervised(encoder.backbone, resolve_device(str(self.cfg["device"]))))
+            out.update(self.semi_supervised(encoder.backbone, self.device))
         if mode == "both":
             self.recalibrate(encoder)
             out.update({f"{k}_bn_reestimated": v for k, v in self.scores(encoder, final).items()})
@@ -69,16 +70,14 @@ class RepresentationEvaluator:
 
     def scores(self, encoder, final: bool) -> dict:
         """kNN accuracy, and on the final call the linear probe's, of the encoder as it is."""
-        device = resolve_device(str(self.cfg["device"]))
         s = self.sets()
         net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
         bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
-        compute = compute_for(self.cfg, device)
-        bank, test = features_on(net, s, names, device, bs, compute)
+        bank, test = features_on(net, s, names, self.device, bs, self.compute)
         out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, self.ev)}
         if final and self.ev["linear"]:
             if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
-                bank, test = features_on(encoder.backbone, s, names, device, bs, compute)
+                bank, test = features_on(encoder.backbone, s, names, self.device, bs, self.compute)
             out["linear_accuracy"] = probe_score(bank, test, s, self.ev, int(self.cfg["seed"]))
         return out
 

@@ -11,7 +11,7 @@ with the received weights, local training, what it uploads and what it keeps.
 
 from __future__ import annotations
 
-from protocol.weights import layer_divergence
+from protocol.weights import layer_divergences
 from tasks.common.arrays import get_arrays, set_arrays
 from tasks.common.federated_data import client_images
 from tasks.common.local import LocalResult, LocalRound, kept_state
@@ -49,12 +49,13 @@ def local_round(r: LocalRound) -> LocalResult:
     )
     after = get_arrays(method, [keys[i] for i in div_idx])
     keep = kept_keys(method, plan, keys, keep_everything=ins.keep_everything, keep_optional=ins.keep_optional)
+    # the reference form (SPEC §2.3): before vs after this round's training; relative to `before`
+    reference, reference_relative = (layer_divergences(after, before, list(range(len(div_idx)))) if div_idx
+                                     else (0.0, 0.0))
     metrics = {
         "loss": stats["loss"], "train_seconds": stats["train_seconds"],
         "images_per_second": stats["images_per_second"], "lr": lr, "predictor_used": predictor_used,
-        "divergence_reference": layer_divergence(before, after, list(range(len(div_idx)))) if div_idx else 0.0,
-        "divergence_reference_relative": (layer_divergence(after, before, list(range(len(div_idx))), relative=True)
-                                          if div_idx else 0.0),
+        "divergence_reference": reference, "divergence_reference_relative": reference_relative,
         **{f"ema_{k}": v for k, v in mixing.items()},
     }
     info = {"ema_lambda": mixing["lambda"]} if "lambda" in mixing else {}
