@@ -21,6 +21,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from app.audit import UpdateAudit
 from app.registry import not_constructor_args, task_of
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
@@ -98,6 +99,12 @@ def strategy_class(cfg: dict):
                           f"({err.__cause__ or err})") from err
 
 
+def summary_schema(cfg: dict, make_strategy=None) -> SummarySchema:
+    """What the run's summary.json holds (the task's metrics, the strategy's own fields)."""
+    cls = (make_strategy or strategy_class(cfg)).func
+    return SummarySchema(task_of(cfg).metrics, cls.CLIENT_FIELDS, cls.ROUND_FIELDS)
+
+
 @dataclass
 class Federation:
     """A run ready to start: its config, strategy and report (nothing written yet)."""
@@ -126,7 +133,7 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         initial = resume_state["arrays"]
     make_strategy = strategy_class(cfg)
     out_dir = Path(out_dir or cfg.get("output_dir") or "outputs")
-    schema = SummarySchema(task.metrics, make_strategy.func.CLIENT_FIELDS, make_strategy.func.ROUND_FIELDS)
+    schema = summary_schema(cfg, make_strategy)
     report = RunReport(cfg, out_dir, schema, task.name, resume_state)
 
     def checkpoint(models, server_round):
@@ -141,7 +148,8 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
     hooks = ServerHooks(evaluate=task.evaluator(cfg, layout), report=report.report, save_checkpoint=checkpoint,
                         save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None),
                         round_started=lambda rnd, n: report.progress.round_started(rnd, n),
-                        client_done=lambda n: report.progress.client_done(n), **task.server_hooks(cfg))
+                        client_done=lambda n: report.progress.client_done(n),
+                        audit=UpdateAudit(out_dir) if cfg["audit_updates"] else None, **task.server_hooks(cfg))
     strategy = make_strategy(
         layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
         num_clients=cfg["num_clients"], fraction_fit=float(cfg["fraction_fit"]),

@@ -25,7 +25,7 @@ STATE_FILE = Path("state") / "server.pt"
 # Keys a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "round_timeout", "faults",
                 "output_dir", "resume", "data_dir", "cache_dir", "data_download", "checkpoint_every",
-                "eval_every", "command_line", "client_state_dir", "centralised_from_clients")
+                "eval_every", "command_line", "client_state_dir", "centralised_from_clients", "audit_updates")
 
 
 def rng_states() -> dict:

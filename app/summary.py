@@ -5,9 +5,9 @@ A run's summary holds: `status` (running, completed, failed) and `error`; the re
 `config`; `task`, `strategy`, `ssl`, `dataset`, `partition`, `num_clients`, `num_rounds`;
 `rounds` (one record per round, written by the strategy: selected, train_loss, wall_seconds,
 bytes_sent, bytes_received, failures, rejected, clients.<partition id>.{loss, num_examples,
-train_seconds, images_per_second, and the strategy's own CLIENT_FIELDS}, the strategy's
-ROUND_FIELDS, eval, checkpoint); `initial_eval` (round 0); the task's history series
-(`knn` or `retrieval`); `final`; `failures`, `rejected`; `wall_seconds`; `checkpoint`;
+train_seconds, images_per_second, lr, state (kept | restored:<round> | new), and the strategy's
+own CLIENT_FIELDS}, the strategy's ROUND_FIELDS, eval, checkpoint); `initial_eval` (round 0); the
+task's history series (`knn` or `retrieval`); `final`; `failures`, `rejected`; `wall_seconds`; `checkpoint`;
 `output_dir`; `wandb`; `resumed`. Strategies and tasks add their own fields through their
 declarations (protocol/fields.py): this module never asks which one is running.
 """
@@ -114,6 +114,10 @@ class SummarySchema:
             parts.append(f"{record['wall_seconds']:.1f}s")
         if "bytes_sent" in record:
             parts.append(f"sent {_mb(record['bytes_sent'])} recv {_mb(record.get('bytes_received', 0))}")
+        restored = {pid: c["state"].split(":")[1] for pid, c in (clients or {}).items()
+                    if str(c.get("state", "")).startswith("restored:")}
+        if restored:
+            parts.append("restarted clients " + ", ".join(f"{p} (state of round {r})" for p, r in restored.items()))
         if record.get("failures"):
             parts.append(f"FAILED clients {[f['partition_id'] for f in record['failures']]}")
         if record.get("rejected"):

@@ -4,13 +4,18 @@ Whatever a client keeps between rounds (BYOL's target, a local predictor, a MoCo
 classifier) and its notes are written here after every local round and read back at the start of
 its next one, so the simulation process and a SuperNode hold only a few notes per client in
 memory, never weights (issue 13: 100 clients of the paper's model in under 8 GB). Files are
-tagged with the round they end and written atomically (temp file, then rename). On resume from a
-server checkpoint at round K, a client restores its newest file with round <= K; files of rounds
-after K belong to the interrupted part of the run and are ignored (and pruned).
+tagged with the round they end and written atomically (temp file, then rename).
+
+`session.json` says whose files they are: the run (kept across resumes) and the start of its
+server (new at every resume) that last spoke to this client. A client with nothing in memory (a
+restarted SuperNode, a resumed simulation) recovers with `recover`: another run's files are
+cleared; after the server resumed from a checkpoint at round K, files of rounds after K belong to
+the interrupted part of the run and are deleted; then the newest remaining file is its state.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import torch
 from tasks.common.checkpoint import load_file, save_atomic
 
 _FILE = re.compile(r"^round-(\d+)\.pt$")
+MARKER = "session.json"
 WEIGHTS = "fedssl.local_weights"  # the file's names for the two parts (unchanged since runs that survive)
 INFO = "fedssl.client_info"
 
@@ -56,16 +62,34 @@ def load(folder: Path, server_round: int) -> tuple[dict[str, torch.Tensor], dict
                                f"delete it to restart this client from the global model") from err
 
 
-def restore(folder: Path, resume_round: int) -> tuple[int, dict[str, torch.Tensor], dict] | None:
-    """(round, kept weights, notes) of the newest state with round <= resume_round; None if there
-    is none (the client had not trained before the checkpoint)."""
-    candidates = [r for r in rounds_on_disk(folder) if r <= resume_round]
-    if not candidates:
-        return None
-    return (candidates[-1], *load(folder, candidates[-1]))
-
-
-def clear(folder: Path) -> None:
-    """Remove the state files of another run (a fresh run starting in a reused state dir)."""
+def clear(folder: Path, after: int = -1) -> None:
+    """Remove the state files of rounds after `after` (all of them by default: another run's)."""
     for r in rounds_on_disk(folder):
-        (folder / f"round-{r}.pt").unlink(missing_ok=True)
+        if r > after:
+            (folder / f"round-{r}.pt").unlink(missing_ok=True)
+
+
+def _marker(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def recover(folder: Path, run_token: str, session: str, resume_round: int
+            ) -> tuple[int, dict[str, torch.Tensor], dict] | None:
+    """(round, kept weights, notes) a client with nothing in memory continues from, or None when
+    it has nothing of this run (a first participation, an empty or another run's state dir)."""
+    marker = _marker(folder)
+    if not marker and resume_round > 0:  # written before session.json existed: this run's, as far as known
+        clear(folder, after=resume_round)
+    elif marker.get("run") != run_token:
+        clear(folder)
+    elif marker.get("session") != session:
+        clear(folder, after=resume_round)  # written after the checkpoint the server resumed from
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps({"run": run_token, "session": session}))
+    tmp.replace(folder / MARKER)
+    rounds = rounds_on_disk(folder)
+    return (rounds[-1], *load(folder, rounds[-1])) if rounds else None

@@ -13,10 +13,12 @@ state dir they stay in `context.state`. A restarted client continues from its sa
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import INFO
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.client import NumPyClient
+from flwr.common import log
 
 from clients import faults, state_store
 from protocol.instructions import Instructions
@@ -46,38 +48,41 @@ class TaskClient(NumPyClient):
         rnd = int(ins.server_round)
         faults.before_training(self.cfg.get("faults") or {}, self.pid, rnd)
         use_threads(self.threads)
-        kept, info = self._kept(int(ins.resume_round))
+        kept, info, source = self._kept(ins)
         try:
             received = decode(list(parameters or []), None, ins.transfer_dtype)
             out = self.local_round(LocalRound(self.cfg, self.pid, ins, received, kept, info))
         except NonFiniteLossError as err:
             return [], 0, {"partition_id": self.pid, "fatal_error": str(err)}
         info.update(out.info)
-        info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd})
+        info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd,
+                     "session": ins.session})
         self._persist(out, info, ins)
         upload = encode(faults.corrupt(self.cfg.get("faults") or {}, out.upload, self.pid, rnd), ins.transfer_dtype)
-        num_examples, metrics = out.num_examples, {"partition_id": self.pid, **out.metrics}
+        num_examples, metrics = out.num_examples, {"partition_id": self.pid, "state": source, **out.metrics}
         del out, kept, received
         release_memory()  # this round's model, optimizer and states are gone: give their pages back
         return upload, num_examples, metrics
 
-    def _kept(self, resume_round: int) -> tuple[dict | None, dict]:
-        """(what this client kept, its notes); (None, {}) at its first participation.
-
-        Nothing in memory: a first participation, or a restarted client whose run resumes at
-        `resume_round` (it reloads its newest state <= resume_round from its state dir)."""
-        if STATE_INFO not in self.state:
-            if self.state_dir is None:
-                return None, {}
-            if resume_round <= 0:
-                state_store.clear(self.state_dir)  # a fresh run: files there belong to another run
-                return None, {}
-            restored = state_store.restore(self.state_dir, resume_round)
-            return (None, {}) if restored is None else (restored[1], restored[2])
-        info = dict(self.state[STATE_INFO])
-        if STATE_WEIGHTS in self.state:
-            return self.state[STATE_WEIGHTS].to_torch_state_dict(), info
-        return state_store.load(self.state_dir, int(info["state_round"]))[0], info
+    def _kept(self, ins: Instructions) -> tuple[dict | None, dict, str]:
+        """(what this client kept, its notes, where they came from): "kept" (in memory since its
+        last round), "restored:<round>" (from its state dir after a restart or a resume) or "new"
+        (nothing of this run: a first participation, or a restart with an empty state dir)."""
+        if STATE_INFO in self.state and self.state[STATE_INFO].get("session", ins.session) == ins.session:
+            info = dict(self.state[STATE_INFO])
+            if STATE_WEIGHTS in self.state:
+                return self.state[STATE_WEIGHTS].to_torch_state_dict(), info, "kept"
+            return state_store.load(self.state_dir, int(info["state_round"]))[0], info, "kept"
+        restored = None if self.state_dir is None else state_store.recover(
+            self.state_dir, ins.run_token, ins.session, int(ins.resume_round))
+        if restored is None:
+            if int(ins.server_round) > 1:
+                where = f"in {self.state_dir}" if self.state_dir else "(no state dir)"
+                log(INFO, "client %s: no saved state of this run %s: a first participation", self.pid, where)
+            return None, {}, "new"
+        rnd, weights, info = restored
+        log(INFO, "client %s: continues from its own state of round %s (%s)", self.pid, rnd, self.state_dir)
+        return weights, info, f"restored:{rnd}"
 
     def _persist(self, out: LocalResult, info: dict, ins: Instructions) -> None:
         """Keep the weights on disk when there is a state dir (in context.state otherwise), the

@@ -26,6 +26,9 @@ class ServerHooks:
         (FedPav, SPEC §5); None when the task has none.
     round_started(round, clients), client_done(num_examples): a round began with this many
         clients; one client's answer arrived (the live progress line, app/progress.py).
+    audit: None, or what keeps a copy of every received update and of each round's aggregate
+        (`audit_updates=true`, app/audit.py): round_started(round), update(round, pid, arrays,
+        num_examples, rejected reason or None), aggregate(round, arrays).
     """
 
     evaluate: Callable[[int, dict[str, NDArrays], bool], dict]
@@ -35,3 +38,4 @@ class ServerHooks:
     distill: Callable[[NDArrays, list[NDArrays], int], tuple[NDArrays, float]] | None = None
     round_started: Callable[[int, int], None] = lambda rnd, clients: None
     client_done: Callable[[int], None] = lambda num_examples: None
+    audit: object | None = None

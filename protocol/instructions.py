@@ -20,6 +20,10 @@ bool); a key that is absent takes its default.
   client decodes what it receives and encodes its upload with it.
 - resume_round, checkpoint_every, last_checkpoint: where a restarted client finds its saved state
   and which of its state files it may prune.
+- run_token, session: which run this is (kept across a resume) and which start of its server (new
+  at every start and resume): a client whose saved state belongs to another run starts anew; one
+  whose state was written in an earlier session drops its files after `resume_round` (the
+  interrupted part); within one session a restarted client continues from its newest file.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Instructions:
     resume_round: int = 0
     checkpoint_every: int = 0
     last_checkpoint: int = 0
+    run_token: str = ""
+    session: str = ""
 
     def to_config(self) -> dict:
         """The Flower fit config: scalars only; None values are left out."""

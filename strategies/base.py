@@ -7,8 +7,11 @@ is the same with one client holding everything). Subclasses change what a client
 
 Per-round protocol, shared by every strategy:
 - clients are identified by partition id (learned once through get_properties), sampled with
-  a generator seeded by (seed, round), and aggregated in partition-id order, so a rerun is
-  bit-identical;
+  a generator seeded by (seed, round) over all `num_clients` partition ids, and aggregated in
+  partition-id order, so a rerun is bit-identical;
+- a run's first round (also after a resume) waits until every client is connected; later rounds
+  go on with the clients that are: a chosen client whose node is offline (a SuperNode that was
+  stopped or crashed) is recorded as failed for that round, and takes part again once it is back;
 - every client gets its own Instructions in its fit config: nothing else tells it what to do;
 - every update is checked (count, shapes, finite values, norm bound) before it can be averaged in;
 - failures and rejected updates are recorded with who, round and why.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import uuid
 from collections.abc import Sequence
 from logging import WARNING
 
@@ -41,7 +45,7 @@ from protocol.instructions import Instructions
 from protocol.layout import Layout
 from protocol.transfer import TRANSFER_DTYPES, decode, encode
 from protocol.weights import NDArrays, weighted_average
-from strategies.failures import TrackedClient, error_text, failed_partition
+from strategies.failures import NOT_CONNECTED, TrackedClient, error_text, failed_partition
 
 
 class FedSSL(FedAvg):
@@ -72,6 +76,10 @@ class FedSSL(FedAvg):
         self.participated: set[int] = set()
         self.record: dict = {}
         self._round_start = time.perf_counter()
+        self.absent: list[int] = []  # chosen this round, but not connected
+        # which run this is (kept across resumes) and which start of its server: clients tell their
+        # own saved state from another run's, and from an interrupted part of this one
+        self.run_token, self.session = uuid.uuid4().hex, uuid.uuid4().hex
         # Resume: Flower counts rounds from 1 again; `round_offset` maps them to the real ones.
         self.round_offset = self.last_checkpoint = 0
         if resume_from is not None:
@@ -82,10 +90,11 @@ class FedSSL(FedAvg):
     def state_dict(self) -> dict:
         """Everything the strategy remembers across rounds, as plain Python/NumPy values.
         Subclasses extend it; node ids are not kept (they change when a federation restarts)."""
-        return {"participated": sorted(self.participated)}
+        return {"participated": sorted(self.participated), "run_token": self.run_token}
 
     def load_state_dict(self, state: dict) -> None:
         self.participated = set(int(p) for p in state["participated"])
+        self.run_token = str(state.get("run_token") or self.run_token)  # states saved before it existed: a new one
 
     # ---------------------------------------------------------------- client selection
     def _learn_partition_ids(self, clients: Sequence[ClientProxy]) -> None:
@@ -102,22 +111,28 @@ class FedSSL(FedAvg):
                 self.pid_of[cid] = pid
 
     def sample_clients(self, server_round: int, client_manager: ClientManager) -> list[ClientProxy]:
-        """Seeded choice by partition id: the same clients every rerun of the same round."""
-        client_manager.wait_for(self.min_available_clients)
-        clients = list(client_manager.all().values())
-        self._learn_partition_ids(clients)
-        clients.sort(key=lambda c: self.pid_of[c.cid])
-        n = max(1, min(len(clients), int(round(len(clients) * self.fraction_fit))))
+        """Seeded choice of partition ids: the same clients every rerun of the same round. Chosen
+        clients that are not connected are left in `self.absent` (recorded as failed)."""
+        first = server_round == self.round_offset + 1
+        client_manager.wait_for(self.min_available_clients if first else max(1, self.min_fit_clients))
+        connected = client_manager.all()
+        self._learn_partition_ids(list(connected.values()))
+        # a restarted node may be listed twice for a while (its old id until its heartbeat
+        # expires): the id learned last is the one that is alive
+        by_pid = {pid: connected[cid] for cid, pid in self.pid_of.items() if cid in connected}
+        n = max(1, min(self.num_clients, int(round(self.num_clients * self.fraction_fit))))
         rng = np.random.default_rng([self.seed, server_round])
-        chosen = np.sort(rng.choice(len(clients), size=n, replace=False))
-        return [clients[i] for i in chosen]
+        pids = [int(p) for p in np.sort(rng.choice(self.num_clients, size=n, replace=False))]
+        self.absent = [p for p in pids if p not in by_pid]
+        return [by_pid[p] for p in pids if p in by_pid]
 
     def instructions(self, server_round: int, pid: int) -> Instructions:
         """What client `pid` is told this round; subclasses change what they decide."""
         return Instructions(server_round=server_round, layout=self.layout.fingerprint,
                             layout_options=dict(self.layout.options), transfer_dtype=self.transfer_dtype,
                             resume_round=self.round_offset,
-                            checkpoint_every=self.checkpoint_every, last_checkpoint=self.last_checkpoint)
+                            checkpoint_every=self.checkpoint_every, last_checkpoint=self.last_checkpoint,
+                            run_token=self.run_token, session=self.session)
 
     def sends_weights_to(self, pid: int) -> bool:
         return True
@@ -125,6 +140,8 @@ class FedSSL(FedAvg):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         server_round += self.round_offset
         self._round_start = time.perf_counter()
+        if self.hooks.audit is not None:
+            self.hooks.audit.round_started(server_round)
         chosen = self.sample_clients(server_round, client_manager)
         parameters = self.on_the_wire(parameters)
         empty = Parameters(tensors=[], tensor_type="numpy.ndarray")
@@ -135,8 +152,12 @@ class FedSSL(FedAvg):
             sent += sum(len(t) for t in params.tensors)
             config = self.instructions(server_round, pid).to_config()
             instructions.append((TrackedClient(c, pid, self.hooks.client_done), FitIns(params, config)))
-        self.record = {"round": server_round, "selected": sorted(self.pid_of[c.cid] for c in chosen),
+        selected = sorted([*(self.pid_of[c.cid] for c in chosen), *self.absent])
+        self.record = {"round": server_round, "selected": selected,
                        "bytes_sent": 0 if self.pool_clients else sent, "clients": {}, "failures": [], "rejected": []}
+        for pid in self.absent:
+            self.record["failures"].append({"partition_id": pid, "round": server_round, "error": NOT_CONNECTED})
+            log(WARNING, "round %s: client %s: %s", server_round, pid, NOT_CONNECTED)
         self.hooks.round_started(server_round, len(chosen))
         return instructions
 
@@ -177,12 +198,15 @@ class FedSSL(FedAvg):
             self.pid_of[proxy.cid] = pid
             if "fatal_error" in metrics:
                 raise RunStopped(str(metrics["fatal_error"]))
+            arrays = []
             try:
                 arrays = decode(parameters_to_ndarrays(res.parameters), self.layout.wire_dtypes(), self.transfer_dtype)
                 why = self._reject(arrays, res.num_examples)
             except ValueError as err:
                 why = str(err)
             res.parameters.tensors.clear()  # decoded: its serialised copy is not needed again (memory at scale)
+            if self.hooks.audit is not None:
+                self.hooks.audit.update(server_round, pid, arrays, res.num_examples, why)
             if why is not None:
                 rec["rejected"].append({"partition_id": pid, "round": server_round, "reason": why})
                 log(WARNING, "round %s: update of client %s rejected: %s", server_round, pid, why)
@@ -196,6 +220,8 @@ class FedSSL(FedAvg):
                 "train_seconds": float(metrics.get("train_seconds", 0.0)),
                 "images_per_second": float(metrics.get("images_per_second", 0.0)),
                 **({"lr": float(metrics["lr"])} if "lr" in metrics else {}),  # the round's (peak) learning rate
+                # where its local state came from: kept, restored:<round> (after a restart), new
+                **({"state": str(metrics["state"])} if "state" in metrics else {}),
             }
         if len(updates) < max(1, self.min_fit_clients):
             errors = "; ".join(f"client {f['partition_id']}: {f['error']}" for f in rec["failures"])
@@ -214,6 +240,8 @@ class FedSSL(FedAvg):
         try:
             updates = self._collect(server_round, results, failures)
             aggregated = self.aggregate_updates(server_round, updates)
+            if self.hooks.audit is not None:
+                self.hooks.audit.aggregate(server_round, aggregated)
         except RunStopped as err:
             self.record["fatal_error"] = str(err)
             self.hooks.report(self.record)

@@ -50,7 +50,10 @@ class TrackedClient(ClientProxy):
         return self.inner.reconnect(ins, timeout, group_id)
 
 
-_CAUSE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Fault)): ([^\n'\\]+)")
+NOT_CONNECTED = "not connected at the start of the round (its node is offline)"
+NODE_LOST = "node lost during the round (no heartbeat from its SuperNode: stopped, crashed or disconnected)"
+_DEPLOYED = re.compile(r"<class '([\w.]+)'>:<'(.*?)'>\)")
+_CAUSE = re.compile(r"\b([A-Za-z_][\w.]*(?:Error|Exception|Fault|Mismatch)): ([^\n'\\]+)")
 
 
 def error_text(failure) -> str:
@@ -62,6 +65,11 @@ def error_text(failure) -> str:
     else:
         _, res = failure
         return f"status {res.status.code.name}: {res.status.message}"
+    if "Node Unavailable" in text:
+        return NODE_LOST
+    raised = _DEPLOYED.search(text)  # a ClientApp's exception as a SuperNode reports it
+    if raised:
+        return f"{raised.group(1).rsplit('.', 1)[-1]}: {raised.group(2)}"
     if "TTL" in text or "expired" in text:
         return "no answer within round_timeout (the message expired)"
     causes = [m for m in _CAUSE.findall(text) if "RayTaskError" not in m[0] and m[0] != "ValueError"]

@@ -66,7 +66,30 @@ def test_target_and_local_predictor_survive_three_rounds(make_cfg, spy):
     assert all(np.array_equal(spy[2][k].numpy(), glob3_sd[k]) for k in layout.keys if k.startswith("predictor."))
     assert same(part(spy[2], "target."), part(stored2, "target."))
     assert m3["predictor_used"] == "global"
-    assert dict(state["fedssl.client_info"]) == {"rounds_trained": 3, "last_round": 3}
+    assert dict(state["fedssl.client_info"]) == {"rounds_trained": 3, "last_round": 3, "session": conf["session"]}
+    assert [m1["state"], m2["state"], m3["state"]] == ["new", "kept", "kept"]
+
+
+def test_a_restarted_node_continues_from_its_own_state_dir(make_cfg, spy, tmp_path):
+    """A SuperNode killed after round 2 and started again (empty context.state, same state-dir)."""
+    cfg = make_cfg("strategy=fedu", "num_clients=3")
+    _, init = build_layout(cfg)
+    conf = told(cfg, 1)
+    state, node_dir = RecordDict(), tmp_path / "node1"
+    out1, _, _ = build_client(cfg, 1, state, state_dir=str(node_dir)).fit(init, {**conf, "server_round": 1})
+    build_client(cfg, 1, state, state_dir=str(node_dir)).fit(perturbed(out1, 2), {**conf, "server_round": 2})
+    saved2 = torch.load(node_dir / "1" / "round-2.pt", weights_only=True)["arrays"]["fedssl.local_weights"]
+    _, _, m3 = build_client(cfg, 1, RecordDict(), state_dir=str(node_dir)).fit(
+        perturbed(out1, 3), {**conf, "server_round": 3, "adopt_global_predictor": False})
+    assert m3["state"] == "restored:2"
+    assert same(part(spy[2], "target."), part(saved2, "target."))  # BYOL's target: its own, not a blank copy
+    assert same(part(spy[2], "predictor."), part(saved2, "predictor."))  # FedU's local predictor too
+    # restarted with an empty state dir: a first participation, and it says so
+    _, _, m4 = build_client(cfg, 1, RecordDict(), state_dir=str(tmp_path / "empty")).fit(
+        perturbed(out1, 4), {**conf, "server_round": 4})
+    assert m4["state"] == "new"
+    assert same(part(spy[3], "target.backbone"), {k.replace("online", "target", 1): v
+                                                  for k, v in part(spy[3], "online.backbone").items()})
 
 
 def test_standalone_client_ignores_later_server_weights(make_cfg, spy):

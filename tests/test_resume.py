@@ -106,20 +106,33 @@ def test_client_state_store_keeps_what_resume_needs(tmp_path):
     def kept(v):
         return {"target.x": torch.full((2,), float(v))}
 
+    def value(restored):
+        return None if restored is None else (restored[0], float(restored[1]["target.x"][0]), restored[2])
+
     folder = tmp_path / "3"
+    assert state_store.recover(folder, "run-a", "s1", 0) is None  # first participation: nothing saved
     for r, ckpt in ((1, 0), (2, 0), (3, 2), (5, 2), (6, 5)):
         state_store.save(folder, r, kept(r), {"last_round": r}, keep_from=ckpt)
     # after round 6 with the last checkpoint at 5: keep round 5 (newest <= 5) and round 6
     assert state_store.rounds_on_disk(folder) == [5, 6]
-    rnd, weights, info = state_store.restore(folder, 5)
-    assert rnd == 5 and torch.equal(weights["target.x"], torch.full((2,), 5.0)) and info == {"last_round": 5}
     assert torch.equal(state_store.load(folder, 6)[0]["target.x"], torch.full((2,), 6.0))
-    assert state_store.restore(folder, 4) is None
-    (folder / "round-5.pt").write_bytes(b"broken")
-    with pytest.raises(state_store.ClientStateError, match="round-5.pt is missing or corrupt"):
-        state_store.restore(folder, 5)
-    state_store.clear(folder)
-    assert state_store.rounds_on_disk(folder) == []
+    # a SuperNode restarted while the same server runs: its newest state, round 6
+    assert value(state_store.recover(folder, "run-a", "s1", 0)) == (6, 6.0, {"last_round": 6})
+    # the server resumed from its checkpoint at round 5 (a new session): round 6 was the interrupted part
+    assert value(state_store.recover(folder, "run-a", "s2", 5)) == (5, 5.0, {"last_round": 5})
+    assert state_store.rounds_on_disk(folder) == [5]
+    state_store.save(folder, 7, kept(7), {"last_round": 7}, keep_from=5)
+    assert value(state_store.recover(folder, "run-a", "s2", 5))[0] == 7  # restarted again within session s2
+    (folder / "round-7.pt").write_bytes(b"broken")
+    with pytest.raises(state_store.ClientStateError, match="round-7.pt is missing or corrupt"):
+        state_store.recover(folder, "run-a", "s2", 5)
+    # another run in the same state dir: nothing of it is used, its files go
+    assert state_store.recover(folder, "run-b", "s3", 0) is None and state_store.rounds_on_disk(folder) == []
+    # a state dir written before session.json existed, resumed at round 2: files after 2 go
+    legacy = tmp_path / "4"
+    for r in (2, 3):
+        state_store.save(legacy, r, kept(r), {}, keep_from=2)
+    assert value(state_store.recover(legacy, "run-c", "s4", 2))[0] == 2 and state_store.rounds_on_disk(legacy) == [2]
 
 
 def test_strategy_state_round_trip_and_round_offset():
@@ -134,3 +147,6 @@ def test_strategy_state_round_trip_and_round_offset():
     assert {fi.config["server_round"] for _, fi in ins} == {2}
     assert {again.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins} == {0: False, 1: True, 2: True}
     assert all(fi.config["resume_round"] == 1 for _, fi in ins)
+    # the run keeps its token across the resume; the server's session is new (clients drop the interrupted part)
+    assert {fi.config["run_token"] for _, fi in ins} == {strategy.run_token}
+    assert {fi.config["session"] for _, fi in ins} == {again.session} and again.session != strategy.session

@@ -209,3 +209,24 @@ def test_relative_dapu_refuses_an_unknown_scale():
 
     with pytest.raises(ConfigError, match="strategy.dapu_scale"):
         make(FedU, dapu_scale="weights")
+
+
+def test_a_node_offline_at_the_start_of_a_round_is_recorded_and_the_round_goes_on():
+    strategy, cm, proxies, rec = make(FedSSL, num_clients=3)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)  # round 1: everyone connected
+    strategy.aggregate_fit(1, [result(p, upd(k, k), 10) for k, p in enumerate(proxies)], [])
+    cm.unregister(proxies[1])  # its SuperNode went down between rounds
+    ins = strategy.configure_fit(2, strategy.initial_parameters, cm)
+    assert [strategy.pid_of[p.cid] for p, _ in ins] == [0, 2]
+    assert strategy.record["selected"] == [0, 1, 2]  # the seeded choice does not depend on who is up
+    assert strategy.record["failures"] == [{"partition_id": 1, "round": 2,
+                                            "error": "not connected at the start of the round (its node is offline)"}]
+    params, _ = strategy.aggregate_fit(2, [result(proxies[0], upd(1.0, 1.0), 10),
+                                           result(proxies[2], upd(3.0, 3.0), 30)], [])
+    assert np.allclose(parameters_to_ndarrays(params)[0], 2.5)  # (1*10 + 3*30) / 40: only who answered
+    # restarted: a new node id for partition 1, while its old id is still listed (heartbeat not yet expired)
+    reborn = FakeProxy("node-7", 1)
+    cm.register(proxies[1])
+    cm.register(reborn)
+    ins = strategy.configure_fit(3, strategy.initial_parameters, cm)
+    assert [p.cid for p, _ in ins] == ["node-100", "node-7", "node-98"] and not strategy.record["failures"]

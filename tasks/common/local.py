@@ -62,8 +62,11 @@ class LocalRound:
         return client_generator(int(self.cfg["seed"]), self.server_round, self.partition_id)
 
     def check_layout(self, module: nn.Module, keys: list[str]) -> None:
-        if self.instructions.layout and self.instructions.layout != layout_fingerprint(module, keys):
-            raise LayoutMismatch(f"{self.who}: the server's upload layout differs from this client's config")
+        mine = layout_fingerprint(module, keys)
+        if self.instructions.layout and self.instructions.layout != mine:
+            raise LayoutMismatch(f"{self.who}: the server's upload layout (fingerprint {self.instructions.layout}) "
+                                 f"differs from this client's ({mine}): it runs another config or code version; "
+                                 f"start it with the run's settings")
 
     def restore(self, module: nn.Module) -> None:
         """Load what this client kept (strict=False: only its kept keys)."""
