@@ -6,7 +6,8 @@ config still comes from conf/: the run config key `overrides` carries the Hydra 
 A SuperNode says which partition it serves through --node-config
 "partition-id=0 num-partitions=5", may point at the public data with data-dir=<folder>, or
 train on its own images with local-data=<.npz or folder> (tasks/common/local_data.py);
-state-dir=<folder> keeps its per-round client state on disk for resume.
+state-dir=<folder> keeps its per-round client state on disk, from which a restarted SuperNode
+continues (clients/state_store.py); overrides="<Hydra overrides>" adds the site's own settings.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ def _server_main(grid, context) -> None:
 
 
 def _client_fn(context):
-    cfg = dict(config_from_overrides(str(context.run_config.get("overrides", ""))))
     node = context.node_config
+    # the site's own settings on top of the run's (device=cpu, precision=fp32, ...); one that changes
+    # what is uploaded is refused by the layout check at its first round, with both fingerprints
+    overrides = " ".join(str(o) for o in (context.run_config.get("overrides", ""), node.get("overrides", "")) if o)
+    cfg = dict(config_from_overrides(overrides))
     if "data-dir" in node:
         cfg["data_dir"] = str(node["data-dir"])
     if "local-data" in node:  # the node's own images instead of a slice of the public set

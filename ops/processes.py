@@ -1,6 +1,6 @@
 """Child processes that must not outlive their starter: free ports, whole process trees stopped.
 
-Used by the loopback federation (ops/local_federation.py) and by tests that start a Ray head.
+Used by the loopback federation (ops/loopback.py) and by tests that start a Ray head.
 """
 
 from __future__ import annotations

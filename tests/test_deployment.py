@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ops.certificates import make_node_key, make_tls
-from ops.local_federation import REFUSED, FederationError, LocalFederation, main
+from ops.local_federation import main
+from ops.loopback import REFUSED, FederationError, LocalFederation
 from ops.processes import alive, descendants
 from tasks.common.data import DataError
 from tasks.common.local_data import load_local_images, local_images
