@@ -1,0 +1,168 @@
+"""Detection annotations read from a site's folder (PASCAL VOC or COCO format) and checked before
+training: every problem refused with the file and what is wrong (issue 16, SPEC §7).
+
+A `Sample` is one image with its boxes in pixels, (x1, y1, x2, y2) with x1 < x2 <= width and
+y1 < y2 <= height (torchvision's convention), and labels 1..C (0 is torchvision's background).
+Images without objects are allowed (zero boxes).
+
+- VOC, torchvision's layout: `<root>/Annotations/<id>.xml`, `<root>/JPEGImages/<id>.jpg` and
+  `<root>/ImageSets/Main/<split>.txt` (or `<root>/VOCdevkit/VOC20xx/...`); class names from
+  `classes` (default: the 20 VOC classes). VOC's pixel coordinates start at 1: x1 = xmin - 1.
+- COCO: `<root>/annotations/instances_<split>.json` (or any `instances*.json` there) and the
+  images under `<root>/images/` (or `<root>/<split>/`, or `<root>`); boxes are [x, y, w, h];
+  category ids are mapped to 1..C in the order of the file's `categories`; crowd regions are left
+  out (the COCO evaluation ignores them too).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.common.data import DataError
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+
+
+@dataclass
+class Sample:
+    image: Path
+    boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in pixels
+    labels: np.ndarray  # (N,) int64, 1..C
+    size: tuple[int, int]  # (height, width)
+
+
+def check_boxes(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int], num_classes: int, where: str) -> None:
+    """Refuse a box outside its image or without area, and a label outside 1..num_classes."""
+    h, w = size
+    for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
+        box = f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+        if not 1 <= label <= num_classes:
+            raise DataError(f"{where}: {box} has class {label}, expected 1..{num_classes}")
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"{where}: {box} has zero area (x2 must exceed x1 and y2 exceed y1)")
+        if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+            raise DataError(f"{where}: {box} lies outside its {w}x{h} image")
+
+
+def _sample(image: Path, boxes: list, labels: list, size: tuple[int, int], num_classes: int, where: str) -> Sample:
+    if not image.is_file():
+        raise DataError(f"{where}: its image {image} does not exist")
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    lab = np.asarray(labels, dtype=np.int64)
+    check_boxes(b, lab, size, num_classes, where)
+    return Sample(image, b, lab, size)
+
+
+# ------------------------------------------------------------------------------------------ VOC
+def _voc_root(root: Path) -> Path:
+    if (root / "Annotations").is_dir():
+        return root
+    years = sorted((root / "VOCdevkit").glob("VOC20*")) if (root / "VOCdevkit").is_dir() else []
+    if years:
+        return years[-1]
+    raise DataError(f"{root}: not a PASCAL VOC folder (expected Annotations/, JPEGImages/ and ImageSets/Main/, "
+                    f"or VOCdevkit/VOC20xx/ holding them)")
+
+
+def _voc_number(node, tag: str, where: str) -> float:
+    found = node.find(tag)
+    try:
+        return float(found.text)
+    except (AttributeError, TypeError, ValueError):
+        raise DataError(f"{where}: <{tag}> is missing or not a number") from None
+
+
+def read_voc(root: str | Path, split: str = "trainval", classes: tuple[str, ...] = VOC_CLASSES) -> list[Sample]:
+    """The samples of `split` in a PASCAL VOC folder."""
+    voc = _voc_root(Path(root))
+    listing = voc / "ImageSets" / "Main" / f"{split}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing} does not exist: the VOC split '{split}' lists its image ids there")
+    index = {name: i + 1 for i, name in enumerate(classes)}
+    samples = []
+    for image_id in listing.read_text().split():
+        path = voc / "Annotations" / f"{image_id}.xml"
+        try:
+            tree = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as err:
+            raise DataError(f"{path}: cannot be read as VOC XML ({err})") from None
+        size = tree.find("size")
+        if size is None:
+            raise DataError(f"{path}: no <size>")
+        hw = (int(_voc_number(size, "height", str(path))), int(_voc_number(size, "width", str(path))))
+        boxes, labels = [], []
+        for obj in tree.findall("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name not in index:
+                raise DataError(f"{path}: unknown class '{name}'; the classes are {list(classes)}")
+            bb = obj.find("bndbox")
+            if bb is None:
+                raise DataError(f"{path}: object '{name}' has no <bndbox>")
+            xmin, ymin, xmax, ymax = (_voc_number(bb, t, str(path)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+            labels.append(index[name])
+        image = voc / "JPEGImages" / (tree.findtext("filename") or f"{image_id}.jpg")
+        samples.append(_sample(image, boxes, labels, hw, len(classes), str(path)))
+    return samples
+
+
+# ----------------------------------------------------------------------------------------- COCO
+def _coco_file(root: Path, split: str) -> Path:
+    folder = root / "annotations"
+    for candidate in (folder / f"instances_{split}.json", *sorted(folder.glob("instances*.json")),
+                      root / "instances.json"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{root}: no COCO instances file (expected annotations/instances_{split}.json)")
+
+
+def _coco_image(root: Path, split: str, name: str) -> Path:
+    for folder in (root / "images", root / split, root):
+        if (folder / name).is_file():
+            return folder / name
+    return root / "images" / name
+
+
+def read_coco(root: str | Path, split: str = "train") -> tuple[list[Sample], list[str]]:
+    """(samples, class names) of a COCO-format folder."""
+    root = Path(root)
+    path = _coco_file(root, split)
+    try:
+        doc = json.loads(path.read_text())
+        categories = [(int(c["id"]), str(c["name"])) for c in doc["categories"]]
+        images = {int(im["id"]): (str(im["file_name"]), (int(im["height"]), int(im["width"])))
+                  for im in doc["images"]}
+        annotations = doc.get("annotations", [])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a COCO instances file ({type(err).__name__}: {err})") from None
+    index = {cid: i + 1 for i, (cid, _) in enumerate(categories)}
+    per_image: dict[int, list] = {i: [] for i in images}
+    for n, ann in enumerate(annotations):
+        where = f"{path}: annotation {ann.get('id', n)}"
+        if ann.get("image_id") not in images:
+            raise DataError(f"{where}: image_id {ann.get('image_id')} is not among the file's images")
+        if ann.get("category_id") not in index:
+            raise DataError(f"{where}: unknown category_id {ann.get('category_id')}; the file's categories are "
+                            f"{[c for c, _ in categories]}")
+        if ann.get("iscrowd", 0):
+            continue
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{where}: bbox must be [x, y, width, height]") from None
+        per_image[ann["image_id"]].append(((x, y, x + w, y + h), index[ann["category_id"]], where))
+    samples = []
+    for image_id, (name, size) in images.items():
+        objects = per_image[image_id]
+        for box, label, where in objects:  # each box checked under its own annotation's name
+            check_boxes(np.asarray([box], np.float32), np.asarray([label]), size, len(categories), where)
+        samples.append(_sample(_coco_image(root, split, name), [o[0] for o in objects], [o[1] for o in objects],
+                               size, len(categories), f"{path}: image {image_id} ({name})"))
+    return samples, [name for _, name in categories]
