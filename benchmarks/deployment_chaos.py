@@ -16,7 +16,7 @@ what the driver did, and the audit (app/audit.py): each round's global model rec
 updates it accepted, the final checkpoint against the last one, and no client restarted blank.
 Its last line is `lost: 0` when nothing was lost (the count of problems otherwise); exit status 1
 when something was lost or the run did not complete. Bounded by --timeout (seconds).
-Writes table.md and result.json into --out (default benchmarks/results/deployment_chaos).
+Writes table.md and table.json into --out (default benchmarks/results/deployment_chaos).
 """
 
 from __future__ import annotations
@@ -216,10 +216,10 @@ def main(argv=None) -> int:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text)
-    (args.out / "result.json").write_text(json.dumps(
+    (args.out / "table.json").write_text(json.dumps(
         {"settings": {k: str(v) for k, v in vars(args).items()}, **result, "audit": vars(audit) | {"lost": audit.lost},
          "failures": [f for r in summary.get("rounds", []) for f in r["failures"]]}, indent=2))
-    print(f"written: {args.out}/table.md, result.json; run: {soak.run_dir}")
+    print(f"written: {args.out}/table.md, table.json; run: {soak.run_dir}")
     print(f"lost: {audit.lost}")
     return 0 if audit.lost == 0 and ok else 1
 
