@@ -14,6 +14,20 @@ sys.path.insert(0, str(ROOT))
 DATA_DIR = Path(os.environ.get("FEDSSL_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
+SLOW = os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("FEDSSL_SLOW_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (minutes-long loopback deployments) run in CI (CI=true) or with
+    FEDSSL_SLOW_TESTS=1; elsewhere they are skipped, so that the suite keeps its time."""
+    if SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow loopback deployment: runs in CI (CI=true) or with FEDSSL_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "cifar100.npz").is_file():

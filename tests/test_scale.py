@@ -80,13 +80,13 @@ def test_a_client_keeps_its_weights_on_disk_not_in_the_simulations_memory(make_c
     arrays_in_memory = sum(len(r) for r in state.values() if isinstance(r, ArrayRecord))
     assert arrays_in_memory == 0 and list(state.keys()) == [STATE_INFO]
     assert dict(state[STATE_INFO])["state_round"] == 1
-    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["round-1.pt"]
+    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["round-1.pt", "session.json"]  # + whose files
     saved = torch.load(tmp_path / "1" / "round-1.pt", weights_only=True)["arrays"]["fedssl.local_weights"]
     # its next round restores exactly what it saved (target and local predictor), then the file moves on
     build_client(cfg, 1, state, state_dir=str(tmp_path)).fit(init, {**conf, "server_round": 2,
                                                                      "adopt_global_predictor": False})
     assert all(torch.equal(spy[1][k], v) for k, v in saved.items())
-    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["round-2.pt"]  # no checkpoints: newest only
+    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["round-2.pt", "session.json"]  # newest only
 
 
 def test_a_fresh_run_in_a_reused_state_dir_ignores_the_files_of_another_run(make_cfg, tmp_path, spy):
