@@ -59,6 +59,7 @@ class AuditReport:
     rounds: int = 0
     aggregated: int = 0
     rejected: int = 0
+    models_match: bool = True  # every round's global model and the final checkpoint as the accepted updates imply
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +102,7 @@ def check(run_dir: str | Path) -> AuditReport:
         for i, layer in enumerate(kept):
             mean = sum(w * a[i].astype(np.float64) for w, (_, a) in zip(weights, accepted)) / total
             if layer.dtype.kind == "f" and not np.allclose(layer, mean, rtol=TOLERANCE, atol=TOLERANCE):
+                report.models_match = False
                 report.problems.append(f"round {rnd}: layer {i} of the global model is not the weighted mean "
                                        f"of the {len(accepted)} accepted updates (max difference "
                                        f"{float(np.max(np.abs(layer - mean))):.3g})")
@@ -114,6 +116,7 @@ def check(run_dir: str | Path) -> AuditReport:
     if previous is not None and final.is_file():
         models = checkpoint_models(load_checkpoint(final))["global"]
         if len(models) != len(previous) or not all(np.array_equal(a, b) for a, b in zip(models, previous)):
+            report.models_match = False
             report.problems.append("the final checkpoint is not the last round's aggregate")
     if len(summary["rounds"]) < summary["num_rounds"]:
         report.problems.append(f"{summary['num_rounds'] - len(summary['rounds'])} round(s) never completed")

@@ -188,8 +188,7 @@ def table(args, result: dict, summary: dict, audit) -> str:
              f"| wall time | {result['wall_seconds']:.0f} s |", "",
              "Node failures by round:", "", "| round | client | error |", "|---|---|---|"]
     lines += [f"| {f['round']} | {f['partition_id']} | {f['error']} |" for f in failures] or ["| - | - | none |"]
-    final_ok = not any("round" in p and "weighted mean" in p or "final checkpoint" in p for p in audit.problems)
-    lines += ["", f"The final model equals the one the surviving updates imply: {'yes' if final_ok else 'NO'}. "
+    lines += ["", f"The final model equals the one the surviving updates imply: {'yes' if audit.models_match else 'NO'}. "
               "Audit (each round's global model recomputed from the updates it accepted, the final checkpoint "
               "against the last round, the summary's clients, no blank restarts): "
               + ("no problem." if not audit.problems else "; ".join(audit.problems)), ""]
