@@ -1,5 +1,6 @@
 """The one Flower NumPyClient of this project (DESIGN.md conv. 1 and 5): it only translates.
 
+evaluate (tasks evaluated by their clients): the same, with the task's `local_evaluate`.
 fit: read the round's Instructions from the fit config (the strategy's only channel to it),
 recover its saved state after a restart, hand the received weights, what it kept and its notes to
 the task's `local_round` (tasks/<task>/local.py, given by the task's registry row), keep what the
@@ -35,8 +36,10 @@ class TaskClient(NumPyClient):
     """Client `partition_id` of a run whose task trains with `local_round`."""
 
     def __init__(self, local_round: Callable[[LocalRound], LocalResult], cfg: dict, partition_id: int,
-                 state: RecordDict, threads: int = 1, state_dir: str | None = None):
+                 state: RecordDict, threads: int = 1, state_dir: str | None = None,
+                 local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None):
         self.local_round, self.cfg, self.pid, self.state, self.threads = local_round, cfg, int(partition_id), state, threads
+        self.local_evaluate = local_evaluate
         root = state_dir or cfg.get("client_state_dir")
         self.state_dir = Path(root) / str(self.pid) if root else None
 
@@ -63,6 +66,20 @@ class TaskClient(NumPyClient):
         del out, kept, received
         release_memory()  # this round's model, optimizer and states are gone: give their pages back
         return upload, num_examples, metrics
+
+    def evaluate(self, parameters, config):
+        """Score the model this client would use (the received weights with what it keeps) on its
+        own test data: for layouts evaluated by the clients (protocol/layout.py `evaluated_by`)."""
+        if self.local_evaluate is None:
+            raise RuntimeError(f"client {self.pid}: this task is evaluated on the server, not by its clients")
+        ins = Instructions.from_config(config)
+        use_threads(self.threads)
+        kept, info, source = self._kept(ins)
+        received = decode(list(parameters or []), None, ins.transfer_dtype)
+        num_examples, metrics = self.local_evaluate(LocalRound(self.cfg, self.pid, ins, received, kept, info))
+        del kept, received
+        release_memory()
+        return 0.0, int(num_examples), {"partition_id": self.pid, "state": source, **metrics}
 
     def _kept(self, ins: Instructions) -> tuple[dict | None, dict, str]:
         """(what this client kept, its notes, where they came from): "kept" (in memory since its

@@ -36,6 +36,9 @@ class Layout:
         group per block.
     dtypes: each array's NumPy dtype name ("float32", "int64"), to decode half-precision
         transfers (protocol/transfer.py).
+    evaluated_by: "server" (the task's evaluator scores the models the server holds) or "clients"
+        (each client scores the model it would use, with parts that never leave it, on its own
+        test data, in Flower's evaluate phase; strategies/site_evaluation.py merges the reports).
     """
 
     keys: list[str]
@@ -46,6 +49,7 @@ class Layout:
     regions: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     path_groups: list[tuple[int, ...]] = field(default_factory=list)
     dtypes: list[str] = field(default_factory=list)
+    evaluated_by: str = "server"
 
     def wire_dtypes(self) -> list[str]:
         """Each array's own dtype (float32 where the layout was built without them)."""

@@ -27,6 +27,7 @@ from logging import WARNING
 
 import numpy as np
 from flwr.common import (
+    EvaluateIns,
     FitIns,
     FitRes,
     GetPropertiesIns,
@@ -46,6 +47,7 @@ from protocol.layout import Layout
 from protocol.transfer import TRANSFER_DTYPES, decode, encode
 from protocol.weights import NDArrays, weighted_average
 from strategies.failures import NOT_CONNECTED, TrackedClient, error_text, failed_partition
+from strategies.site_evaluation import merge_site_reports
 
 
 class FedSSL(FedAvg):
@@ -77,6 +79,7 @@ class FedSSL(FedAvg):
         self.record: dict = {}
         self._round_start = time.perf_counter()
         self.absent: list[int] = []  # chosen this round, but not connected
+        self.pending_eval: tuple | None = None  # a round whose clients evaluate (Layout.evaluated_by)
         # which run this is (kept across resumes) and which start of its server: clients tell their
         # own saved state from another run's, and from an interrupted part of this one
         self.run_token, self.session = uuid.uuid4().hex, uuid.uuid4().hex
@@ -166,9 +169,6 @@ class FedSSL(FedAvg):
         if self.transfer_dtype == "float32":
             return parameters
         return ndarrays_to_parameters(encode(parameters_to_ndarrays(parameters), self.transfer_dtype))
-
-    def configure_evaluate(self, server_round, parameters, client_manager):
-        return []  # representations are evaluated centrally (SPEC §4)
 
     # ---------------------------------------------------------------- aggregation
     def _reject(self, arrays: NDArrays, num_examples: int) -> str | None:
@@ -260,11 +260,13 @@ class FedSSL(FedAvg):
         final = server_round == self.num_rounds
         due = final or (server_round == 0 and self.eval_at_start) or (
             server_round > 0 and self.eval_every > 0 and server_round % self.eval_every == 0)
+        by_clients = self.layout.evaluated_by == "clients"
+        due = due and not (by_clients and server_round == 0)  # clients evaluate after a round's aggregation
         record = self.record if server_round > 0 else {"round": 0}
         persist = server_round > 0 and (
             final or (self.checkpoint_every > 0 and server_round % self.checkpoint_every == 0))
         arrays = parameters_to_ndarrays(parameters) if (due or persist) else []  # deserialised once
-        if due:
+        if due and not by_clients:
             t0 = time.perf_counter()
             record["eval"] = self.hooks.evaluate(server_round, self.models_to_evaluate(arrays), final)
             record["eval_seconds"] = time.perf_counter() - t0
@@ -272,11 +274,43 @@ class FedSSL(FedAvg):
             record["checkpoint"] = self.hooks.save_checkpoint(self.models_to_evaluate(arrays), server_round)
         if server_round > 0:
             record["wall_seconds"] = time.perf_counter() - self._round_start
-        if server_round > 0 or due:
-            self.hooks.report(record)
-        if persist:
-            self.hooks.save_state(server_round, arrays, self.state_dict())
-            self.last_checkpoint = server_round
+        if due and by_clients:  # closed by aggregate_evaluate, once the clients have answered
+            self.pending_eval = (record, final, persist, arrays)
+            return None
+        self._close(record, server_round > 0 or due, persist, arrays)
         if due:
             return 0.0, {k: v for k, v in record["eval"].items() if isinstance(v, (int, float))}
         return None
+
+    def _close(self, record: dict, report: bool, persist: bool, arrays: NDArrays) -> None:
+        """Report the round (summary.json, W&B, console) and save the state to resume from."""
+        if report:
+            self.hooks.report(record)
+        if persist:
+            self.hooks.save_state(record["round"], arrays, self.state_dict())
+            self.last_checkpoint = record["round"]
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        """Representations are evaluated centrally (SPEC §4); a layout evaluated by the clients sends
+        the global weights to every connected client after an evaluation round's aggregation."""
+        if self.pending_eval is None:
+            return []
+        server_round += self.round_offset
+        connected = client_manager.all()
+        self._learn_partition_ids(list(connected.values()))
+        by_pid = {pid: connected[cid] for cid, pid in self.pid_of.items() if cid in connected}
+        if not by_pid:
+            self.aggregate_evaluate(server_round - self.round_offset, [], [])
+            return []
+        params = self.on_the_wire(parameters)
+        return [(TrackedClient(c, pid, None), EvaluateIns(params, self.instructions(server_round, pid).to_config()))
+                for pid, c in sorted(by_pid.items())]
+
+    def aggregate_evaluate(self, server_round: int, results, failures):
+        record, final, persist, arrays = self.pending_eval
+        self.pending_eval = None
+        reports = {int(res.metrics["partition_id"]): (int(res.num_examples), dict(res.metrics)) for _, res in results}
+        lost = [{"partition_id": failed_partition(f, self.pid_of), "error": error_text(f)} for f in failures]
+        record["eval"] = merge_site_reports(reports, lost, final)
+        self._close(record, True, persist, arrays)
+        return 0.0, {k: v for k, v in record["eval"].items() if isinstance(v, (int, float))}

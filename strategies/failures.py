@@ -21,7 +21,7 @@ class ClientFailed(RuntimeError):
 
 
 class TrackedClient(ClientProxy):
-    """Wraps a ClientProxy for one fit call so that a failure names the client it came from, and
+    """Wraps a ClientProxy for one fit (or evaluate) call so that a failure names the client it came from, and
     `on_done(num_examples)` hears of each answer as it arrives (the live progress line)."""
 
     def __init__(self, inner: ClientProxy, partition_id: int, on_done=None):
@@ -44,7 +44,10 @@ class TrackedClient(ClientProxy):
         return self.inner.get_parameters(ins, timeout, group_id)
 
     def evaluate(self, ins, timeout, group_id):
-        return self.inner.evaluate(ins, timeout, group_id)
+        try:
+            return self.inner.evaluate(ins, timeout=timeout, group_id=group_id)
+        except BaseException as err:  # noqa: BLE001 - re-raised with the client's id
+            raise ClientFailed(self.partition_id, err) from err
 
     def reconnect(self, ins, timeout, group_id):
         return self.inner.reconnect(ins, timeout, group_id)
