@@ -173,7 +173,9 @@ def build_server_app(federation: Federation) -> ServerApp:
 
 def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None) -> TaskClient:
     """The client of partition `partition_id`, running the local round of the run's task."""
-    return TaskClient(task_of(cfg).local_round, cfg, partition_id, state, threads=threads, state_dir=state_dir)
+    task = task_of(cfg)
+    return TaskClient(task.local_round, cfg, partition_id, state, threads=threads, state_dir=state_dir,
+                      local_evaluate=task.local_evaluate)
 
 
 def make_client_fn(cfg: dict):

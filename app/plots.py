@@ -4,7 +4,7 @@ Which plots a run gets follows from what its summary holds, not from the task's 
 - accuracy.png: the kNN history (and with `eval.bn=both` the BatchNorm-re-estimated one) against
   rounds, the untrained network's level (round 0, when evaluated) as a dashed line, the final
   linear probe as points at the last round; re-ID: rank-1 and mAP against rounds (mean and each
-  client's); SDR: a second panel with each path's final kNN.
+  client's); detection: mAP and mAP@0.5 (all sites' images and each site's); SDR: a second panel with each path's final kNN.
 - loss.png: the mean training loss per round and each client's.
 - divergence.png (FedU, FedEMA): each client's divergence per round with the DAPU threshold and
   each client's decision for its next round (filled: global predictor, open: local); FedEMA: a
@@ -20,6 +20,11 @@ import json
 import math
 import sys
 from pathlib import Path
+
+# summary series drawn per client in accuracy.png: {name: ((key, label), ...)}
+PER_CLIENT_CURVES = {"retrieval": (("rank1", "rank-1"), ("mAP", "mAP")),
+                     "detection": (("map", "mAP@[.5:.95]"), ("map_50", "mAP@0.5"))}
+
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed); also the benchmarks'."""
@@ -60,7 +65,9 @@ def _title(summary: dict) -> str:
 
 def accuracy_plot(summary: dict, path: Path) -> Path | None:
     plt = pyplot()
-    knn, retrieval = summary.get("knn") or [], summary.get("retrieval") or []
+    knn = summary.get("knn") or []
+    name = next((n for n in PER_CLIENT_CURVES if summary.get(n)), None)
+    retrieval = summary.get(name) or [] if name else []
     final = summary.get("final") or {}
     path_knn = final.get("path_knn") or {}
     if not knn and not retrieval:
@@ -81,11 +88,11 @@ def accuracy_plot(summary: dict, path: Path) -> Path | None:
             if _finite(final.get(key)):
                 ax.plot([last], [100 * final[key]], marker, markersize=10, linestyle="none", label=label)
         ax.set_ylabel("accuracy (%)")
-    else:  # re-identification: rank-1 and mAP, mean and per client
-        for key, label in (("rank1", "rank-1"), ("mAP", "mAP")):
+    else:  # re-identification (rank-1, mAP) or detection (mAP, mAP@0.5): overall and per client
+        for key, label in PER_CLIENT_CURVES[name]:
             pts = [(e["round"], 100 * e[key]) for e in retrieval if _finite(e.get(key))]
             if pts:
-                line, = ax.plot(*zip(*pts), "-o", markersize=3, label=f"{label} (mean)")
+                line, = ax.plot(*zip(*pts), "-o", markersize=3, label=f"{label} (overall)")
                 per_client: dict[str, list] = {}
                 for e in retrieval:
                     for pid, v in (e.get("per_client") or {}).items():

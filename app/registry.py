@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import tasks.detection
 import tasks.reid
 import tasks.sdr
 from app.config import group_nodes
@@ -24,6 +25,11 @@ from protocol.fields import Metric, Series, TaskMetrics
 from protocol.layout import Layout
 from tasks.common.federated_data import check_partitions
 from tasks.common.local import LocalResult, LocalRound
+from tasks.detection.data import check_detection_data
+from tasks.detection.evaluator import DetectionEvaluator
+from tasks.detection.local import local_evaluate as detection_evaluate
+from tasks.detection.local import local_round as detection_round
+from tasks.detection.model import check_detection_config, detection_layout, detection_options, evaluated_by
 from tasks.reid.data import check_reid_data
 from tasks.reid.distill import make_distill
 from tasks.reid.evaluator import ReIDEvaluator
@@ -53,6 +59,8 @@ class Task:
     layout_options(cfg): the settings that shape its upload (sent to clients in their instructions).
     server_hooks(cfg): extra torch services for strategies (e.g. distill).
     route: mode=route for a task whose models have sub-networks, else None.
+    local_evaluate: a client's scoring of its own model on its own test data, for layouts the
+        clients evaluate (Layout.evaluated_by == "clients"), else None.
     """
 
     name: str
@@ -66,6 +74,7 @@ class Task:
     layout_options: Callable[[dict], dict] = lambda cfg: {}
     server_hooks: Callable[[dict], dict] = lambda cfg: {}
     route: Callable | None = None
+    local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None
 
 
 REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
@@ -95,6 +104,11 @@ def _sdr_preflight(cfg: dict) -> None:
     check_partitions(cfg)
 
 
+def _detection_preflight(cfg: dict) -> None:
+    check_detection_config(cfg)
+    check_detection_data(cfg, sites_evaluate=evaluated_by(cfg, detection_options(cfg)) == "clients")
+
+
 TASKS = {
     "ssl": Task(
         "ssl", "images", ssl_layout, ssl_round, RepresentationEvaluator, _ssl_preflight,
@@ -111,6 +125,12 @@ TASKS = {
         "sdr", "images", sdr_layout, sdr_round, SDREvaluator, _sdr_preflight,
         TaskMetrics(headline=REPRESENTATION, final=(Metric("mean_path_knn", "mean path kNN"),), series=KNN_HISTORY),
         config=tasks.sdr.CONFIG, route=sdr_route),
+    "detection": Task(
+        "detection", "detection", detection_layout, detection_round, DetectionEvaluator, _detection_preflight,
+        TaskMetrics(headline=(Metric("map", "mAP"), Metric("map_50", "mAP@0.5")),
+                    final=(Metric("map_75", "mAP@0.75"), Metric("mar_100", "AR@100")),
+                    series=Series("detection", (("map", "map"), ("map_50", "map_50")), per_client=True)),
+        config=tasks.detection.CONFIG, layout_options=detection_options, local_evaluate=detection_evaluate),
 }
 
 # strategy.* keys that describe the strategy to this registry, not arguments of its constructor

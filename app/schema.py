@@ -50,6 +50,7 @@ def all_specs() -> dict:
              **{f"ssl.{k}": spec for k, spec in {**TRAINING_CONFIG, **HEAD_CONFIG}.items()}}
     for task in TASKS.values():
         specs.update(task.config)
+    specs["dataset.kind"] = Choice(options=tuple(dict.fromkeys(t.data_kind for t in TASKS.values())))  # the rows'
     return specs
 
 

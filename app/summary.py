@@ -7,7 +7,7 @@ A run's summary holds: `status` (running, completed, failed) and `error`; the re
 bytes_sent, bytes_received, failures, rejected, clients.<partition id>.{loss, num_examples,
 train_seconds, images_per_second, lr, state (kept | restored:<round> | new), and the strategy's
 own CLIENT_FIELDS}, the strategy's ROUND_FIELDS, eval, checkpoint); `initial_eval` (round 0); the
-task's history series (`knn` or `retrieval`); `final`; `failures`, `rejected`; `wall_seconds`; `checkpoint`;
+task's history series (`knn`, `retrieval` or `detection`); `final`; `failures`, `rejected`; `wall_seconds`; `checkpoint`;
 `output_dir`; `wandb`; `resumed`. Strategies and tasks add their own fields through their
 declarations (protocol/fields.py): this module never asks which one is running.
 """

@@ -128,3 +128,17 @@ def test_synthetic_sites_are_deterministic_and_differ_as_documented():
     # the pixels of a box are the object picture resized: the test split draws other pictures
     test_images = make_site(objects, labels, profiles[0], 5, seed=0, site=0, split="test")[0]
     assert not np.array_equal(test_images, sites[0][0][:5])
+
+
+def test_a_synthetic_site_exported_as_voc_reads_back_the_same(tmp_path, make_cfg):
+    from tasks.detection.data import class_names, site_split
+    from ops.detection_folders import export
+
+    cfg = make_cfg("dataset=synthetic_detection", "num_clients=2", "dataset.train_images=12", "dataset.test_images=5")
+    site1 = export(cfg, tmp_path)[1]
+    train = site_split(cfg, 1, "train")
+    back = read_voc(site1, "trainval", class_names(cfg))
+    assert len(back) == 12 and len(read_voc(site1, "test", class_names(cfg))) == 5
+    for s, image, boxes, labels in zip(back, train.images, train.boxes, train.labels):
+        assert np.array_equal(np.asarray(Image.open(s.image)), image)  # PNG: lossless
+        assert np.array_equal(s.boxes, boxes) and np.array_equal(s.labels, labels)

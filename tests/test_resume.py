@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from app.config import compose, to_plain
 from app.resume import load_state, resumed_config, save_state
@@ -34,7 +33,9 @@ def final_weights(run_dir):
     # local classifiers (client state on disk) and the distillation teachers (server state)
     ["strategy=fedpav", "dataset=cifar100_reid", "strategy.kd=true", "strategy.kd_every=1", "strategy.cdw=true"],
     ["strategy=sdr"],  # progressive stages and routed samples follow the round
-], ids=["fedu", "fedpav", "sdr"])
+    # detection under partial averaging: heads kept on the sites, the sites evaluate (issue 16)
+    ["strategy=fedpav", "dataset=synthetic_detection", "detection.lr_schedule=constant"],
+], ids=["fedu", "fedpav", "sdr", "detection_partial"])
 def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_dir, cache_dir, strategy):
     common = ["num_rounds=4", "checkpoint_every=2", *strategy]
     whole = main_py(tmp_path, data_dir, cache_dir, *common, out="whole")
@@ -57,6 +58,8 @@ def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_di
     # what each client did after the restart is what it did in the uninterrupted run
     for key in ("predictor_used", "weight", "routed"):
         assert [r["clients"]["1"].get(key) for r in s["rounds"]] == [r["clients"]["1"].get(key) for r in w["rounds"]]
+    if "detection" in w:  # each site's own score after the restart (its heads came back from its state dir)
+        assert s["detection"] == w["detection"] and s["final"]["evaluated_by"] == "clients"
 
 
 def test_failing_hanging_and_corrupt_clients_are_recorded_and_the_run_completes(tmp_path, data_dir, cache_dir):

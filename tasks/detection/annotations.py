@@ -130,8 +130,11 @@ def _coco_image(root: Path, split: str, name: str) -> Path:
     return root / "images" / name
 
 
-def read_coco(root: str | Path, split: str = "train") -> tuple[list[Sample], list[str]]:
-    """(samples, class names) of a COCO-format folder."""
+def read_coco(root: str | Path, split: str = "train", classes: tuple[str, ...] | None = None
+              ) -> tuple[list[Sample], list[str]]:
+    """(samples, class names) of a COCO-format folder. With `classes` (the run's class names), labels
+    follow that list, matched by category name, so sites whose files number their categories
+    differently agree; a category outside it is refused."""
     root = Path(root)
     path = _coco_file(root, split)
     try:
@@ -142,7 +145,15 @@ def read_coco(root: str | Path, split: str = "train") -> tuple[list[Sample], lis
         annotations = doc.get("annotations", [])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{path}: not a COCO instances file ({type(err).__name__}: {err})") from None
-    index = {cid: i + 1 for i, (cid, _) in enumerate(categories)}
+    if classes is None:
+        index = {cid: i + 1 for i, (cid, _) in enumerate(categories)}
+    else:
+        unknown = [name for _, name in categories if name not in classes]
+        if unknown:
+            raise DataError(f"{path}: categories {unknown} are not among the run's classes {list(classes)} "
+                            f"(dataset.classes)")
+        index = {cid: classes.index(name) + 1 for cid, name in categories}
+    names = list(classes) if classes is not None else [name for _, name in categories]
     per_image: dict[int, list] = {i: [] for i in images}
     for n, ann in enumerate(annotations):
         where = f"{path}: annotation {ann.get('id', n)}"
@@ -162,7 +173,32 @@ def read_coco(root: str | Path, split: str = "train") -> tuple[list[Sample], lis
     for image_id, (name, size) in images.items():
         objects = per_image[image_id]
         for box, label, where in objects:  # each box checked under its own annotation's name
-            check_boxes(np.asarray([box], np.float32), np.asarray([label]), size, len(categories), where)
+            check_boxes(np.asarray([box], np.float32), np.asarray([label]), size, len(names), where)
         samples.append(_sample(_coco_image(root, split, name), [o[0] for o in objects], [o[1] for o in objects],
-                               size, len(categories), f"{path}: image {image_id} ({name})"))
-    return samples, [name for _, name in categories]
+                               size, len(names), f"{path}: image {image_id} ({name})"))
+    return samples, names
+
+
+def write_voc(root: str | Path, split: str, images: list, boxes: list, labels: list, classes: tuple[str, ...],
+              start: int = 0) -> list[str]:
+    """Write images (uint8 H,W,3) with their boxes and labels 1..C as a VOC split under `root`
+    (Annotations/, JPEGImages/ as PNG, ImageSets/Main/<split>.txt); returns the image ids."""
+    from PIL import Image
+
+    voc = Path(root)
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, (image, b, y) in enumerate(zip(images, boxes, labels), start=start):
+        image_id = f"{i:06d}"
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.png")
+        h, w = image.shape[:2]
+        objects = "".join(
+            f"<object><name>{classes[int(c) - 1]}</name><bndbox><xmin>{x1 + 1:g}</xmin><ymin>{y1 + 1:g}</ymin>"
+            f"<xmax>{x2:g}</xmax><ymax>{y2:g}</ymax></bndbox></object>" for (x1, y1, x2, y2), c in zip(b.tolist(), y))
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.png</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{objects}</annotation>")
+        ids.append(image_id)
+    (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return ids
