@@ -10,6 +10,7 @@ Which plots a run gets follows from what its summary holds, not from the task's 
   each client's decision for its next round (filled: global predictor, open: local); FedEMA: a
   panel with each client's mu.
 - bytes.png: megabytes sent and received per round.
+- nmi.png (clustering methods): each client's NMI with the true labels and with its previous clusters.
 
     python -m app.plots <run directory> [...]   # (re)draw the plots of finished or running runs
 """
@@ -202,11 +203,36 @@ def bytes_plot(summary: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def nmi_plot(summary: dict, path: Path) -> Path | None:
+    """Clustering methods: each client's NMI with the true labels and with its previous clusters."""
+    rounds = summary.get("rounds") or []
+    labels, previous = client_series(rounds, "nmi_labels"), client_series(rounds, "nmi_previous")
+    if not labels and not previous:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for pid in sorted(set(labels) | set(previous), key=int):
+        line = None
+        if pid in labels:
+            line, = ax.plot(*zip(*labels[pid]), "-o", markersize=3, label=f"client {pid}: vs true labels")
+        if pid in previous:
+            ax.plot(*zip(*previous[pid]), "--s", markersize=3, color=None if line is None else line.get_color(),
+                    label=f"client {pid}: vs its previous clusters")
+    ax.set_xlabel("round")
+    ax.set_ylabel("NMI")
+    ax.set_ylim(0, 1)
+    ax.set_title(_title(summary), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return save_figure(fig, path)
+
+
 def write_plots(summary: dict, out_dir: Path) -> list[Path]:
     """Draw every plot the summary has data for into out_dir; returns the files written."""
     out_dir = Path(out_dir)
     drawn = [accuracy_plot(summary, out_dir / "accuracy.png"), loss_plot(summary, out_dir / "loss.png"),
-             divergence_plot(summary, out_dir / "divergence.png"), bytes_plot(summary, out_dir / "bytes.png")]
+             divergence_plot(summary, out_dir / "divergence.png"), bytes_plot(summary, out_dir / "bytes.png"),
+             nmi_plot(summary, out_dir / "nmi.png")]
     return [p for p in drawn if p is not None]
 
 

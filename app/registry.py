@@ -23,7 +23,7 @@ from app.config import group_nodes
 from protocol.checks import Choice, ConfigError, ListOf, Text
 from protocol.fields import Metric, Series, TaskMetrics
 from protocol.layout import Layout
-from tasks.common.federated_data import check_partitions
+from tasks.common.federated_data import check_partitions, partitions
 from tasks.common.local import LocalResult, LocalRound
 from tasks.detection.data import check_detection_data
 from tasks.detection.evaluator import DetectionEvaluator
@@ -97,6 +97,11 @@ def _ssl_preflight(cfg: dict) -> None:
                           f"(ssl={' or ssl='.join(methods)}); run ssl={cfg['ssl']['name']} with "
                           f"{_alternatives('strategy', others)}")
     check_partitions(cfg)
+    k = cfg["ssl"].get("num_clusters")
+    smallest = min(len(p) for p in partitions(cfg))
+    if k is not None and int(k) > smallest:
+        raise ConfigError(f"ssl.num_clusters={k} exceeds the {smallest} images of the smallest client; "
+                          f"lower ssl.num_clusters (each client clusters its own images)")
 
 
 def _sdr_preflight(cfg: dict) -> None:

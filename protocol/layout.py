@@ -39,6 +39,8 @@ class Layout:
     evaluated_by: "server" (the task's evaluator scores the models the server holds) or "clients"
         (each client scores the model it would use, with parts that never leave it, on its own
         test data, in Flower's evaluate phase; strategies/site_evaluation.py merges the reports).
+    client_metrics: keys of the clients' fit metrics the strategy records per client in the round's
+        record (e.g. a clustering method's NMI), besides those every strategy records.
     """
 
     keys: list[str]
@@ -50,6 +52,7 @@ class Layout:
     path_groups: list[tuple[int, ...]] = field(default_factory=list)
     dtypes: list[str] = field(default_factory=list)
     evaluated_by: str = "server"
+    client_metrics: list[str] = field(default_factory=list)
 
     def wire_dtypes(self) -> list[str]:
         """Each array's own dtype (float32 where the layout was built without them)."""

@@ -222,6 +222,7 @@ class FedSSL(FedAvg):
                 **({"lr": float(metrics["lr"])} if "lr" in metrics else {}),  # the round's (peak) learning rate
                 # where its local state came from: kept, restored:<round> (after a restart), new
                 **({"state": str(metrics["state"])} if "state" in metrics else {}),
+                **{k: metrics[k] for k in self.layout.client_metrics if k in metrics},  # the task's own
             }
         if len(updates) < max(1, self.min_fit_clients):
             errors = "; ".join(f"client {f['partition_id']}: {f['error']}" for f in rec["failures"])
@@ -275,7 +276,7 @@ class FedSSL(FedAvg):
         if server_round > 0:
             record["wall_seconds"] = time.perf_counter() - self._round_start
         if due and by_clients:  # closed by aggregate_evaluate, once the clients have answered
-            self.pending_eval = (record, final, persist, arrays)
+            self.pending_eval = (record, final, persist, arrays, time.perf_counter())
             return None
         self._close(record, server_round > 0 or due, persist, arrays)
         if due:
@@ -307,10 +308,11 @@ class FedSSL(FedAvg):
                 for pid, c in sorted(by_pid.items())]
 
     def aggregate_evaluate(self, server_round: int, results, failures):
-        record, final, persist, arrays = self.pending_eval
+        record, final, persist, arrays, t0 = self.pending_eval
         self.pending_eval = None
         reports = {int(res.metrics["partition_id"]): (int(res.num_examples), dict(res.metrics)) for _, res in results}
         lost = [{"partition_id": failed_partition(f, self.pid_of), "error": error_text(f)} for f in failures]
         record["eval"] = merge_site_reports(reports, lost, final)
+        record["eval_seconds"] = time.perf_counter() - t0
         self._close(record, True, persist, arrays)
         return 0.0, {k: v for k, v in record["eval"].items() if isinstance(v, (int, float))}

@@ -35,7 +35,9 @@ def final_weights(run_dir):
     ["strategy=sdr"],  # progressive stages and routed samples follow the round
     # detection under partial averaging: heads kept on the sites, the sites evaluate (issue 16)
     ["strategy=fedpav", "dataset=synthetic_detection", "detection.lr_schedule=constant"],
-], ids=["fedu", "fedpav", "sdr", "detection_partial"])
+    # DeepCluster: the clusters of each client's last round come back from its state (issue 15)
+    ["strategy=fedavg", "ssl=deepcluster"],
+], ids=["fedu", "fedpav", "sdr", "detection_partial", "deepcluster"])
 def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_dir, cache_dir, strategy):
     common = ["num_rounds=4", "checkpoint_every=2", *strategy]
     whole = main_py(tmp_path, data_dir, cache_dir, *common, out="whole")
@@ -56,7 +58,7 @@ def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_di
     w = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert [r["train_loss"] for r in s["rounds"]] == pytest.approx([r["train_loss"] for r in w["rounds"]])
     # what each client did after the restart is what it did in the uninterrupted run
-    for key in ("predictor_used", "weight", "routed"):
+    for key in ("predictor_used", "weight", "routed", "nmi_previous"):
         assert [r["clients"]["1"].get(key) for r in s["rounds"]] == [r["clients"]["1"].get(key) for r in w["rounds"]]
     if "detection" in w:  # each site's own score after the restart (its heads came back from its state dir)
         assert s["detection"] == w["detection"] and s["final"]["evaluated_by"] == "clients"

@@ -298,3 +298,16 @@ def nmi(a, b) -> float:
         return 1.0 if ha == hb else 0.0
     mi = ha + hb - _entropy(joint.ravel())  # I(A; B) = H(A) + H(B) - H(A, B)
     return float(min(max(mi / np.sqrt(ha * hb), 0.0), 1.0))
+
+
+def nmi_report(assignments, labels=None, previous=None) -> dict:
+    """A client's clusters measured (SPEC §8): `nmi_labels` against the true labels (what the features
+    capture; when labels exist) and `nmi_previous` against its clusters of the previous clustering
+    (stability; when it clustered the same images before)."""
+    a = _numpy(assignments)
+    out = {}
+    if labels is not None and len(labels) == len(a):
+        out["nmi_labels"] = nmi(a, labels)
+    if previous is not None and len(previous) == len(a):
+        out["nmi_previous"] = nmi(a, previous)
+    return out

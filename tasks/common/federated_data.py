@@ -57,6 +57,14 @@ def client_images(cfg: dict, partition_id: int) -> np.ndarray:
     return take_rows(dataset_from_cfg(cfg).x_train, idx)
 
 
+def client_labels(cfg: dict, partition_id: int) -> np.ndarray | None:
+    """The true labels of `client_images` (None for a SuperNode's own unlabeled images): read only to
+    measure what unsupervised clusters capture (NMI), never to train."""
+    if cfg.get("local_data"):
+        return None
+    return np.asarray(dataset_from_cfg(cfg).y_train)[partitions(cfg)[partition_id]]
+
+
 def evaluation_sets(cfg: dict) -> dict:
     """kNN bank / linear-probe train set and the test set: seeded, class-balanced subsets."""
     ds = dataset_from_cfg(cfg)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from protocol.weights import layer_divergences
 from tasks.common.arrays import get_arrays, set_arrays
-from tasks.common.federated_data import client_images
+from tasks.common.clustering import nmi_report
+from tasks.common.federated_data import client_images, client_labels
 from tasks.common.local import LocalResult, LocalRound, kept_state
 from tasks.common.training import round_lr
 from tasks.ssl.fedema import fedema_update
@@ -59,4 +60,8 @@ def local_round(r: LocalRound) -> LocalResult:
         **{f"ema_{k}": v for k, v in mixing.items()},
     }
     info = {"ema_lambda": mixing["lambda"]} if "lambda" in mixing else {}
+    if method.assignments is not None:  # a clustering method (SPEC §8): its clusters' NMI, kept for the next round
+        metrics.update(method.cluster_report)
+        metrics.update(nmi_report(method.assignments, client_labels(cfg, r.partition_id), r.info.get("assignments")))
+        info["assignments"] = [int(a) for a in method.assignments]
     return LocalResult(get_arrays(method, keys), len(images), metrics, kept_state(method, keep), info)

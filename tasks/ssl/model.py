@@ -69,5 +69,5 @@ def ssl_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """The upload layout (with FedU's divergence layers) and the initial global arrays."""
     method, plan, keys = build_federated_method(cfg, options)
     layout = module_layout(method, keys, options=with_defaults(options),
-                           divergence_layers=divergence_layers(keys, plan))
+                           divergence_layers=divergence_layers(keys, plan), client_metrics=list(method.CLIENT_METRICS))
     return layout, get_arrays(method, keys)

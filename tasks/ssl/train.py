@@ -52,6 +52,7 @@ def train_one_round(
     total_steps = epochs * steps_per_epoch
     losses, t0 = [], time.perf_counter()
     for epoch in range(epochs):
+        method.start_epoch(epoch, data, generator)
         order = torch.randperm(n, generator=generator).to(device)
         for step in range(steps_per_epoch):
             done = epoch * steps_per_epoch + step + 1
@@ -59,9 +60,11 @@ def train_one_round(
             if warmup_until > 0:
                 for group in opt.param_groups:
                     group["lr"] = lr * min(1.0, at / warmup_until)
-            x = to_float(data[order[step * batch_size : (step + 1) * batch_size]], device)
+            index = order[step * batch_size : (step + 1) * batch_size]
+            x = to_float(data[index], device)
             with compute.step():
-                loss = method.loss([compute.images(v) for v in make_views(x, method.views, aug)], aug)
+                views = [compute.images(v) for v in make_views(x, method.views, aug)]
+                loss = method.loss(views, aug, index) if method.needs_index else method.loss(views, aug)
             # on a GPU the finiteness check waits for the epoch's end (no sync per step)
             sgd_step(opt, loss, who, epoch, step, fix, scaler, check=on_cpu)
             method.after_step(at)

@@ -63,6 +63,9 @@ class SSLMethod(nn.Module):
     name = "base"
     CONFIG: dict = {}  # argument -> protocol.checks.Spec (besides arch/width and the head sizes)
     views: tuple[View, ...] = TWO_VIEWS  # the augmentation recipe: one View per augmented view
+    needs_index = False  # loss(views, generator, index): the batch's rows among the client's images
+    CLIENT_METRICS: tuple[str, ...] = ()  # its clients' own metrics recorded per client in summary.json
+    assignments = None  # clustering methods: the latest cluster of each of the client's images
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -70,6 +73,10 @@ class SSLMethod(nn.Module):
     def loss(self, views: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:  # pragma: no cover
         """The loss of one batch, given its augmented views (in the order of `self.views`)."""
         raise NotImplementedError
+
+    def start_epoch(self, epoch: int, images: torch.Tensor, generator: torch.Generator) -> None:
+        """Called before each local epoch with all the client's images (uint8 NHWC, on the device)
+        and the round's random stream: clustering methods compute their pseudo-labels here."""
 
     def after_step(self, progress: float) -> None:
         """Called after every optimizer step; progress in [0, 1] over the client's whole run."""

@@ -1,0 +1,91 @@
+"""DeepCluster, federated with local clusters (issue 15, SPEC §8): pseudo-labels from seeded k-means
+of the client's own features, a head re-initialised at every re-clustering that never travels,
+losses weighted inversely to cluster size, and NMI per client in summary.json."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from app.federation import prepare
+from protocol.checks import ConfigError
+from tasks.common.clustering import kmeans as real_kmeans
+from tasks.ssl.methods import build_method
+from tasks.ssl.model import build_federated_method, ssl_layout
+from tests.conftest import ROOT
+
+SSL = {"name": "deepcluster", "num_clusters": 4, "recluster_every": None, "kmeans_iterations": 10,
+       "feature_batch_size": 8, "lr": 0.05, "lr_schedule": "cosine", "momentum": 0.9, "weight_decay": 1e-5,
+       "warmup_rounds": 0}
+MODEL = {"arch": "resnet10", "width": 0.125}
+
+
+def _images(n=24, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+
+
+def _method(**changes):
+    torch.manual_seed(0)  # the same backbone every time, as build_federated_method does
+    return build_method({**SSL, **changes}, MODEL)
+
+
+def test_clusters_labels_weights_and_a_new_head_at_each_reclustering(monkeypatch):
+    method = _method()
+    images = _images()
+    method.start_epoch(0, images, torch.Generator().manual_seed(1))
+    first_head = method.head.weight.clone()
+    a = method.assignments
+    assert a.shape == (24,) and set(a.tolist()) == set(range(4))  # every cluster filled (empty ones repaired)
+    counts = np.bincount(a, minlength=4)
+    w = method._weights.numpy()
+    assert w.mean() == pytest.approx(1.0) and w[a == np.argmax(counts)][0] == pytest.approx(24 / (4 * counts.max()))
+    method.start_epoch(1, images, torch.Generator().manual_seed(2))  # recluster_every=None: only at the round's start
+    assert torch.equal(method.head.weight, first_head)
+    again = _method()
+    again.start_epoch(0, images, torch.Generator().manual_seed(1))
+    assert np.array_equal(again.assignments, a) and torch.equal(again.head.weight, first_head)  # seeded
+    index = torch.tensor([0, 5, 7])
+    loss = method.loss([torch.rand(3, 3, 32, 32)], None, index)
+    assert torch.isfinite(loss) and loss.item() > 0
+    import tasks.ssl.methods.deepcluster as module
+
+    calls = []
+    monkeypatch.setattr(module, "kmeans", lambda *a, **k: calls.append(a[1]) or real_kmeans(*a, **k))
+    every = _method(recluster_every=2)
+    for epoch in range(5):
+        every.start_epoch(epoch, images, torch.Generator().manual_seed(epoch))
+    assert calls == [4, 4, 4]  # epochs 0, 2 and 4
+
+
+def test_the_local_head_never_enters_the_upload(make_cfg):
+    cfg = make_cfg("strategy=fedavg", "ssl=deepcluster")
+    method, plan, keys = build_federated_method(cfg)
+    assert plan.uploaded == ("online",) and plan.local == ("head",)
+    assert keys and all(k.startswith("online.") for k in keys) and "head.weight" in method.state_dict()
+    layout, _ = ssl_layout(cfg, {})
+    assert "nmi_labels" in layout.client_metrics and not any(k.startswith("head.") for k in layout.keys)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ssl.num_clusters=65"], "ssl.num_clusters=65 exceeds the 64 images of the smallest client"),
+    (["ssl.num_clusters=1"], "ssl.num_clusters"),
+    (["strategy=fedu"], "strategy=fedu is defined for BYOL"),
+])
+def test_bad_cluster_settings_are_refused_before_training(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        prepare(make_cfg("strategy=fedavg", "ssl=deepcluster", *overrides), "/nonexistent")
+
+
+def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_dir):
+    done = subprocess.run([sys.executable, "main.py", "experiment=smoke", "strategy=fedavg", "ssl=deepcluster",
+                           "dataset=cifar10", "num_clients=2", f"data_dir={data_dir}", f"cache_dir={cache_dir}",
+                           f"output_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    first, second = (r["clients"]["1"] for r in s["rounds"])
+    assert 0 < first["nmi_labels"] <= 1 and "nmi_previous" not in first  # no clusters before round 1
+    assert 0 < second["nmi_previous"] <= 1 and second["clusters_filled"] == 32
+    assert (tmp_path / "run" / "nmi.png").is_file()
