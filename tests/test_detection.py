@@ -181,3 +181,29 @@ def test_a_loopback_deployment_whose_supernodes_serve_their_own_detection_folder
     assert final["evaluated_by"] == "clients" and sorted(final["per_client"]) == ["0", "1"]
     assert all(c["images"] == 8 for c in final["per_client"].values()) and final["evaluation_failures"] == []
     assert [e["round"] for e in s["detection"]] == [1, 2]
+
+
+def test_the_server_cannot_score_a_detector_whose_heads_stayed_on_the_sites(make_cfg):
+    from tasks.detection.evaluator import DetectionEvaluator
+
+    cfg = make_cfg("strategy=fedpav", "dataset=synthetic_detection", "num_clients=2")
+    options = {"shared": "backbone", "bn": "global"}
+    layout, arrays = detection_layout(cfg, options)
+    assert layout.evaluated_by == "clients"  # auto: the sites score their own detectors
+    with pytest.raises(CheckpointError, match="its heads under partial averaging"):
+        DetectionEvaluator(cfg, layout)(2, {"global": arrays}, final=True)
+    with pytest.raises(ConfigError, match="detection.evaluate=server cannot score"):
+        prepare(make_cfg("strategy=fedpav", "dataset=synthetic_detection", "num_clients=2",
+                         "detection.evaluate=server"), "/nonexistent")
+
+
+def test_a_torchvision_backbone_detector_trains_and_predicts(make_cfg):
+    cfg = make_cfg(*DET, "detection.backbone=resnet18", "dataset.min_size=64", "dataset.max_size=64")
+    net = build_detector(cfg)
+    assert "backbone.body.layer4.1.conv2.weight" in net.state_dict() and net.transform.image_mean[0] > 0  # ImageNet's
+    data = site_split(cfg, 0, "train").take(range(2))
+    images, targets = batch(data, [0, 1], torch.device("cpu"))
+    losses = net.train()(images, targets)
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert len(net.eval()(images)) == 2

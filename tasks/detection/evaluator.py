@@ -18,6 +18,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from protocol.layout import Layout
 from tasks.common.arrays import set_arrays
+from tasks.common.checkpoint import CheckpointError
 from tasks.common.training import resolve_device
 from tasks.detection.data import DetectionSet, num_sites, site_test
 from tasks.detection.model import build_detector, sites_keep_parts, upload_keys
@@ -63,7 +64,7 @@ class DetectionEvaluator:
 
     def load(self, arrays: list[np.ndarray]):
         if sites_keep_parts(self.options):
-            raise ValueError("parts of this detector stayed on the sites (its heads under partial averaging, or "
+            raise CheckpointError("parts of this detector stayed on the sites (its heads under partial averaging, or "
                              "its BatchNorm under strategy.bn=local), so the server cannot score it; the sites' own "
                              "scores of each evaluated round are in the run's summary.json (detection, per_client)")
         net = build_detector(self.cfg)
