@@ -9,12 +9,13 @@ from tasks.ssl.methods.base import HEAD_CONFIG, SSLMethod, SyncPlan
 from tasks.ssl.methods.byol import BYOL
 from tasks.ssl.methods.deepcluster import DeepCluster
 from tasks.ssl.methods.moco import MoCo
+from tasks.ssl.methods.sela import SeLa
 from tasks.ssl.methods.simclr import SimCLR
 from tasks.ssl.methods.simsiam import SimSiam
 from tasks.ssl.methods.swav import SwAV
 
 METHODS = {"byol": BYOL, "simsiam": SimSiam, "simclr": SimCLR, "moco": MoCo, "mocov2": MoCo, "swav": SwAV,
-           "deepcluster": DeepCluster}
+           "deepcluster": DeepCluster, "sela": SeLa}
 # ssl keys read by the training loop, not by the method's constructor
 TRAINING_CONFIG = {"name": Choice(options=tuple(METHODS)), "lr": Float(above=0),
                    "lr_schedule": Choice(options=("cosine", "constant")), "momentum": Float(min=0),
