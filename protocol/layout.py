@@ -41,6 +41,10 @@ class Layout:
         test data, in Flower's evaluate phase; strategies/site_evaluation.py merges the reports).
     client_metrics: keys of the clients' fit metrics the strategy records per client in the round's
         record (e.g. a clustering method's NMI), besides those every strategy records.
+    sum_merge: (centroids index, counts index) pairs of global clusters: clients upload per-centroid
+        feature sums and counts there, the server merges them (strategies/cluster_merge.py).
+    global_clusters: the method's clusters or prototypes are the federation's (SPEC §8,
+        `ssl.clusters=global`): only a strategy that aggregates can carry them.
     """
 
     keys: list[str]
@@ -53,6 +57,8 @@ class Layout:
     dtypes: list[str] = field(default_factory=list)
     evaluated_by: str = "server"
     client_metrics: list[str] = field(default_factory=list)
+    sum_merge: list[tuple[int, int]] = field(default_factory=list)
+    global_clusters: bool = False
 
     def wire_dtypes(self) -> list[str]:
         """Each array's own dtype (float32 where the layout was built without them)."""

@@ -46,6 +46,7 @@ from protocol.instructions import Instructions
 from protocol.layout import Layout
 from protocol.transfer import TRANSFER_DTYPES, decode, encode
 from protocol.weights import NDArrays, weighted_average
+from strategies.cluster_merge import merge_clusters
 from strategies.failures import NOT_CONNECTED, TrackedClient, error_text, failed_partition
 from strategies.site_evaluation import merge_site_reports
 
@@ -234,7 +235,8 @@ class FedSSL(FedAvg):
         return updates
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
-        return weighted_average([u[1] for u in updates], [u[2] for u in updates])
+        return merge_clusters(self.layout, weighted_average([u[1] for u in updates], [u[2] for u in updates]), updates,
+                              self.seed, server_round)  # global clusters: federated k-means, not a mean
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
         server_round += self.round_offset

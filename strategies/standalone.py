@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from protocol.checks import ConfigError
 from protocol.instructions import Instructions
 from protocol.weights import NDArrays
 from strategies.base import FedSSL
@@ -18,6 +19,9 @@ from strategies.base import FedSSL
 
 class Standalone(FedSSL):
     def __init__(self, **kwargs):
+        if kwargs["layout"].global_clusters:
+            raise ConfigError("ssl.clusters=global makes the clusters the federation's, but strategy=standalone "
+                              "aggregates nothing; use ssl.clusters=local, or strategy=fedavg")
         self.latest: dict[int, NDArrays] = {}
         super().__init__(**kwargs)
         self.initial_arrays = [a.copy() for a in kwargs["initial_arrays"]]

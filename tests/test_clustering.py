@@ -244,3 +244,15 @@ def test_bad_input_names_the_problem():
         merge_centroids([np.zeros((3, 2))], [np.zeros(2)], np.zeros((3, 2)), seed=0)
     with pytest.raises(ClusteringError, match="equal length"):
         nmi([0, 1], [0])
+
+
+def test_global_clusters_start_from_the_clients_local_centroids_weighted_by_counts():
+    from protocol.clustering import weighted_kmeans
+
+    # two clients' local centroids around (0, 0) and (10, 10); the counts pull each global centroid
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [10.0, 12.0], [50.0, 50.0]])
+    counts = np.array([3, 1, 1, 1, 0])  # a cluster nobody filled is not a point
+    c, total = weighted_kmeans(points, counts, k=2, seed=0)
+    order = np.argsort(c[:, 0])
+    assert np.allclose(c[order], [[0.25, 0.0], [10.0, 11.0]]) and total[order].tolist() == [4.0, 2.0]
+    assert np.array_equal(weighted_kmeans(points, counts, k=2, seed=0)[0], c)  # seeded

@@ -16,7 +16,10 @@ from protocol.checks import ConfigError
 from tasks.common.clustering import kmeans as real_kmeans
 from tasks.ssl.methods import build_method
 from tasks.ssl.model import build_federated_method, ssl_layout
+from strategies import FedSSL
+from tasks.common.checkpoint import load_checkpoint
 from tests.conftest import ROOT
+from tests.test_strategy import make, result
 
 SSL = {"name": "deepcluster", "num_clusters": 4, "recluster_every": None, "kmeans_iterations": 10,
        "feature_batch_size": 8, "lr": 0.05, "lr_schedule": "cosine", "momentum": 0.9, "weight_decay": 1e-5,
@@ -95,15 +98,18 @@ def test_sela_labels_are_an_equal_partition_of_the_heads_predictions():
     (["ssl.num_clusters=65"], "ssl.num_clusters=65 exceeds the 64 images of the smallest client"),
     (["ssl.num_clusters=1"], "ssl.num_clusters"),
     (["strategy=fedu"], "strategy=fedu is defined for BYOL"),
+    (["strategy=standalone", "ssl.clusters=global"], "strategy=standalone aggregates nothing"),
+    (["ssl.clusters=both"], "ssl.clusters"),
 ])
 def test_bad_cluster_settings_are_refused_before_training(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
         prepare(make_cfg("strategy=fedavg", "ssl=deepcluster", *overrides), "/nonexistent")
 
 
-@pytest.mark.parametrize("ssl", ["deepcluster", "sela"])
+@pytest.mark.parametrize("ssl", [["ssl=deepcluster"], ["ssl=sela"], ["ssl=deepcluster", "ssl.clusters=global"]],
+                         ids=["deepcluster", "sela", "deepcluster_global"])
 def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_dir, ssl):
-    done = subprocess.run([sys.executable, "main.py", "experiment=smoke", "strategy=fedavg", f"ssl={ssl}",
+    done = subprocess.run([sys.executable, "main.py", "experiment=smoke", "strategy=fedavg", *ssl,
                            "dataset=cifar10", "num_clients=2", f"data_dir={data_dir}", f"cache_dir={cache_dir}",
                            f"output_dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -112,3 +118,49 @@ def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_d
     assert 0 < first["nmi_labels"] <= 1 and "nmi_previous" not in first  # no clusters before round 1
     assert 0 < second["nmi_previous"] <= 1 and 2 <= second["clusters_filled"] <= 32
     assert (tmp_path / "run" / "nmi.png").is_file()
+    if "ssl.clusters=global" in ssl:  # round 1 started the global clusters from the clients' own
+        assert [r["clients"]["1"]["global_clusters_started"] for r in s["rounds"]] == [0.0, 1.0]
+        centroids = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt")["models"]["global"]["clusters.centroids"]
+        assert centroids.shape == (32, 64) and torch.isfinite(centroids).all()
+
+
+def test_global_clusters_upload_sums_of_two_or_more_images_and_the_heads(make_cfg):
+    cfg = make_cfg("strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global", "ssl.num_clusters=4")
+    method, plan, keys = build_federated_method(cfg)
+    assert plan.uploaded == ("online", "head", "clusters") and plan.local == ()
+    layout, _ = ssl_layout(cfg, {})
+    assert layout.global_clusters and layout.sum_merge == [(keys.index("clusters.centroids"),
+                                                            keys.index("clusters.counts"))]
+    method.clusters.counts.fill_(1.0)  # global clusters started: assign to them
+    method.clusters.centroids.copy_(torch.eye(4, 64))
+    images = _images(12)
+    method.start_epoch(0, images, torch.Generator().manual_seed(0))
+    method.before_upload()
+    features = torch.nn.functional.normalize(method.features(images), dim=1)
+    a = np.argmin(torch.cdist(features, torch.eye(4, 64)).numpy(), axis=1)
+    n = np.bincount(a, minlength=4)
+    sent = method.clusters.counts.numpy()
+    assert sent.tolist() == [c if c >= 2 else 0 for c in n]  # a lone image's cluster is not sent
+    for j in np.flatnonzero(n >= 2):
+        assert torch.allclose(method.clusters.centroids[j], features[a == j].sum(0), atol=1e-5)
+
+
+def _merge_layout():
+    from protocol.layout import Layout
+    return Layout(keys=["w", "clusters.centroids", "clusters.counts"], shapes=[(2,), (2, 2), (2,)], fingerprint="g",
+                  sum_merge=[(1, 2)], global_clusters=True)
+
+
+def test_the_server_merges_sums_and_counts_into_a_lloyd_step_not_a_mean():
+    strategy, cm, proxies, rec = make(FedSSL, num_clients=2, layout=_merge_layout(),
+                                      init=[np.zeros(2, np.float32), np.eye(2, dtype=np.float32),
+                                            np.ones(2, np.float32)])
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    up = [[np.ones(2, np.float32), np.array([[3, 0], [0, 0]], np.float32), np.array([3, 0], np.float32)],
+          [np.ones(2, np.float32), np.array([[1, 1], [0, 4]], np.float32), np.array([1, 2], np.float32)]]
+    res = [result(p, u, 10 * (k + 1), global_clusters_started=1.0) for k, (p, u) in enumerate(zip(proxies, up))]
+    params, _ = strategy.aggregate_fit(1, res, [])
+    from flwr.common import parameters_to_ndarrays
+    w, c, n = parameters_to_ndarrays(params)
+    assert np.allclose(c, [[1.0, 0.25], [0.0, 2.0]]) and n.tolist() == [4.0, 2.0]  # sums / counts over clients
+    assert np.allclose(w, 1.0)  # the rest is averaged as usual

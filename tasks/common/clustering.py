@@ -2,7 +2,8 @@
 with the empty-cluster guard, per-centroid sums and the server's merge (federated k-means),
 balanced sampling, SeLa's Sinkhorn-Knopp pseudo-labels, and NMI.
 
-numpy only, so the server (which never imports torch) can use `merge_centroids`; torch tensors
+numpy only; the server's half (`merge_centroids`, the empty-cluster donor rule) lives in
+protocol/clustering.py, which the server may import, and is re-exported here; torch tensors
 are accepted anywhere (moved to the CPU and converted, without importing torch here). Every
 random choice comes from `np.random.default_rng(seed)`: same inputs and seed, same result.
 """
@@ -13,20 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PERTURBATION = 1.0 / 1024  # relative size of the empty-cluster perturbation (faiss's EPS, which DeepCluster ran)
+from protocol.clustering import (  # noqa: F401 - the server's half, re-exported for the clients' code
+    PERTURBATION,
+    ClusteringError,
+    MergeResult,
+    _numpy,
+    _perturbation,
+    _pick_donor,
+    merge_centroids,
+)
 
-
-class ClusteringError(ValueError):
-    """Bad clustering input; the message names the problem (the caller maps it to config keys)."""
-
-
-def _numpy(x, dtype=None) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor: to the CPU, half precisions widened to float32
-        x = x.detach().cpu()
-        if x.is_floating_point() and x.element_size() < 4:
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 def _features(features) -> np.ndarray:
@@ -66,21 +63,6 @@ def cluster_sums(features, assignments, k: int) -> tuple[np.ndarray, np.ndarray]
     sums = np.zeros((k, x.shape[1]), np.float64)
     np.add.at(sums, a, x.astype(np.float64))
     return sums, np.bincount(a, minlength=k).astype(np.int64)
-
-
-def _pick_donor(counts: np.ndarray, rng: np.random.Generator) -> int | None:
-    """A random non-empty cluster (SPEC §8), drawn with probability proportional to size - 1 as in
-    faiss's k-means (which DeepCluster's code runs): singletons cannot be split, big clusters are
-    split first. None when no cluster has two points."""
-    w = np.maximum(counts - 1, 0).astype(np.float64)
-    return None if w.sum() <= 0 else int(rng.choice(len(counts), p=w / w.sum()))
-
-
-def _perturbation(centroid: np.ndarray, rng: np.random.Generator, eps: float) -> np.ndarray:
-    """A random direction of length eps * ||centroid|| (eps when the centroid is zero)."""
-    d = rng.standard_normal(centroid.shape)
-    d /= np.linalg.norm(d) or 1.0
-    return d * eps * (float(np.linalg.norm(centroid)) or 1.0)
 
 
 def _repair(x, a, c, counts, rng, eps) -> int:
@@ -164,51 +146,6 @@ def kmeans(features, k: int, iterations: int = 20, seed: int = 0, init="k-means+
         empty = int((~full).sum())
         repairs += _repair(x, a, c, counts, rng, eps)
     return KMeansResult(c, a, np.bincount(a, minlength=k).astype(np.int64), repairs, empty, done)
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    centroids: np.ndarray  # (k, D) in previous_centroids' dtype
-    counts: np.ndarray  # (k,) int64 total counts over clients, before repair
-    empty: int  # clusters no client filled (repaired when a donor exists, else kept)
-
-
-def merge_centroids(sums_list, counts_list, previous_centroids, seed: int,
-                    eps: float = PERTURBATION) -> MergeResult:
-    """The server's federated k-means step (SPEC §8, `clusters=global`): c_j = sum_k s_kj / sum_k n_kj,
-    a Lloyd update over the union of the clients' points. A cluster nobody filled gets the
-    empty-cluster rule without points: donor d drawn as in `_pick_donor` from the total counts,
-    c_e = c_d + delta, c_d = c_d - delta (clients split d's points at their next assignment), and
-    the donor's count is halved for the next draw (faiss). With no donor (all totals <= 1) or no
-    client at all, an empty cluster keeps its previous centroid. Seed it per round for resume."""
-    prev = _numpy(previous_centroids)
-    if prev.ndim != 2:
-        raise ClusteringError(f"previous centroids must be (k, D), got shape {prev.shape}")
-    k, dim = prev.shape
-    if len(sums_list) != len(counts_list):
-        raise ClusteringError(f"{len(sums_list)} sums but {len(counts_list)} counts")
-    total_s, total_n = np.zeros((k, dim), np.float64), np.zeros(k, np.int64)
-    for s, n in zip(sums_list, counts_list):
-        s, n = _numpy(s, np.float64), _numpy(n).astype(np.int64).ravel()
-        if s.shape != (k, dim) or n.shape != (k,) or (n < 0).any():
-            raise ClusteringError(f"a client's sums {s.shape} / counts {n.shape} do not match centroids "
-                                  f"{(k, dim)} or hold negative counts")
-        total_s += s
-        total_n += n
-    c = prev.astype(np.float64)
-    full = total_n > 0
-    c[full] = total_s[full] / total_n[full, None]
-    rng, left = np.random.default_rng(seed), total_n.copy()
-    for e in np.flatnonzero(~full):
-        donor = _pick_donor(left, rng)
-        if donor is None:
-            break
-        delta = _perturbation(c[donor], rng, eps)
-        c[e], c[donor] = c[donor] + delta, c[donor] - delta
-        left[e] = left[donor] // 2
-        left[donor] -= left[e]
-    out = prev.dtype if prev.dtype.kind == "f" else np.float64
-    return MergeResult(c.astype(out), total_n, int((~full).sum()))
 
 
 def balanced_sample_weights(assignments, k: int) -> np.ndarray:

@@ -49,6 +49,7 @@ def local_round(r: LocalRound) -> LocalResult:
         warmup_until=int(ssl.get("warmup_rounds", 0)) / rounds,
     )
     after = get_arrays(method, [keys[i] for i in div_idx])
+    method.before_upload()
     keep = kept_keys(method, plan, keys, keep_everything=ins.keep_everything, keep_optional=ins.keep_optional)
     # the reference form (SPEC §2.3): before vs after this round's training; relative to `before`
     reference, reference_relative = (layer_divergences(after, before, list(range(len(div_idx)))) if div_idx

@@ -65,6 +65,8 @@ class SSLMethod(nn.Module):
     views: tuple[View, ...] = TWO_VIEWS  # the augmentation recipe: one View per augmented view
     needs_index = False  # loss(views, generator, index): the batch's rows among the client's images
     CLIENT_METRICS: tuple[str, ...] = ()  # its clients' own metrics recorded per client in summary.json
+    global_clusters = False  # clusters/prototypes that are the federation's (SPEC §8, ssl.clusters=global)
+    sum_merge: tuple[tuple[str, str], ...] = ()  # (centroids key, counts key): uploaded as sums and counts
     assignments = None  # clustering methods: the latest cluster of each of the client's images
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:  # pragma: no cover - abstract
@@ -77,6 +79,10 @@ class SSLMethod(nn.Module):
     def start_epoch(self, epoch: int, images: torch.Tensor, generator: torch.Generator) -> None:
         """Called before each local epoch with all the client's images (uint8 NHWC, on the device)
         and the round's random stream: clustering methods compute their pseudo-labels here."""
+
+    def before_upload(self) -> None:
+        """Called after the round's training, before the upload is read (global clusters: their
+        per-centroid sums and counts go into the uploaded entries)."""
 
     def after_step(self, progress: float) -> None:
         """Called after every optimizer step; progress in [0, 1] over the client's whole run."""

@@ -8,7 +8,16 @@ random non-empty centroid plus a small perturbation and splits its points (tasks
 At every re-clustering the head is re-initialised (its classes changed meaning), and each
 sample's loss is weighted inversely to its cluster's size (mean weight 1), so that big clusters
 do not dominate. Federated form `local`: the backbone is averaged; head and clusters stay on the
-client.
+client. Form `global` (federated k-means, as Orchestra makes clusters globally consistent): the
+centroids are the federation's (`clusters.centroids`, seeded random unit vectors at the start).
+Each round a client assigns its normalised features to the nearest global centroid (its labels),
+and uploads, for its own assignments, each centroid's feature sum and count (never one image's
+feature: a cluster of fewer than 2 of its images is left out) in `clusters.centroids` and
+`clusters.counts`; the server's new centroid is sum_k s_kj / sum_k n_kj (strategies/cluster_merge.py),
+an empty one repaired as above. The first round starts the global clusters: each client runs its
+own k-means and sends those clusters' sums and counts, and the server clusters the local
+centroids (weighted by counts) into the global ones. The head is tied to the global clusters:
+averaged, re-initialised only in that first round.
 """
 
 from __future__ import annotations
@@ -18,37 +27,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protocol.checks import Int
-from tasks.common.clustering import balanced_sample_weights, kmeans
+from protocol.checks import Choice, Int
+from tasks.common.clustering import assign, balanced_sample_weights, cluster_sums, kmeans
 from tasks.ssl.methods.pseudo_labels import PseudoLabelMethod
+
+
+MIN_SENT = 2  # clusters=global: a cluster's sum and count leave the client only when it holds at least 2 images
 
 
 class DeepCluster(PseudoLabelMethod):
     name = "deepcluster"
     CONFIG = {"num_clusters": Int(min=2), "recluster_every": Int(min=1, null=True), "kmeans_iterations": Int(min=1),
-              "feature_batch_size": Int(min=1)}
-    CLIENT_METRICS = (*PseudoLabelMethod.CLIENT_METRICS, "cluster_repairs")
+              "feature_batch_size": Int(min=1), "clusters": Choice(options=("local", "global"))}
+    CLIENT_METRICS = (*PseudoLabelMethod.CLIENT_METRICS, "cluster_repairs", "global_clusters_started")
     LOCAL_PARTS = ("head",)
+    GLOBAL_PARTS = ("clusters",)
 
     def __init__(self, arch="resnet18", width=1.0, num_clusters=100, recluster_every=None, kmeans_iterations=20,
-                 feature_batch_size=512):
-        super().__init__(arch, width, num_clusters, recluster_every, feature_batch_size)
-        self.head = nn.Linear(self.online.backbone.out_dim, self.num_clusters)
+                 feature_batch_size=512, clusters="local"):
+        super().__init__(arch, width, num_clusters, recluster_every, feature_batch_size, clusters)
+        dim = self.online.backbone.out_dim
+        self.head = nn.Linear(dim, self.num_clusters)
+        if self.global_clusters:  # the same seeded start on every node (build_federated_method seeds torch)
+            self.clusters = nn.Module()
+            # random unit vectors in the non-negative orthant, where normalised ReLU features lie
+            self.clusters.register_buffer("centroids", F.normalize(torch.randn(self.num_clusters, dim).abs(), dim=1))
+            self.clusters.register_buffer("counts", torch.zeros(self.num_clusters))
+            self.sum_merge = (("clusters.centroids", "clusters.counts"),)
+        self._images: torch.Tensor | None = None  # clusters=global: the round's images, for the upload's sums
         self.kmeans_iterations = int(kmeans_iterations)
         self._labels: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
 
     def relabel(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        result = kmeans(F.normalize(self.features(images), dim=1).cpu(), self.num_clusters, self.kmeans_iterations, seed)
-        weights = balanced_sample_weights(result.assignments, self.num_clusters)
-        self._labels = torch.from_numpy(result.assignments).to(images.device)
+        features = F.normalize(self.features(images), dim=1).cpu()
+        started = self.global_clusters and float(self.clusters.counts.sum()) > 0
+        if started:  # the federation's centroids: assign, and keep this step's sums and counts
+            assignments = assign(features, self.clusters.centroids.cpu())
+            self.cluster_report = {"global_clusters_started": 1.0}
+        else:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            result = kmeans(features, self.num_clusters, self.kmeans_iterations, seed)
+            assignments = result.assignments
+            with torch.no_grad():  # the head's classes changed meaning: a new head (seeded by the round's stream)
+                self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=generator))
+                self.head.bias.zero_()
+            self.cluster_report = {"cluster_repairs": int(result.repairs)}
+            if self.global_clusters:  # no global clusters yet: its own k-means clusters start them
+                self.cluster_report["global_clusters_started"] = 0.0
+        self._images = images if self.global_clusters else None
+        weights = balanced_sample_weights(assignments, self.num_clusters)
+        self._labels = torch.from_numpy(assignments).to(images.device)
         self._weights = torch.from_numpy(np.asarray(weights, np.float32)).to(images.device)
-        with torch.no_grad():  # the head's classes changed meaning: a new head (seeded by the round's stream)
-            self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=generator))
-            self.head.bias.zero_()
-        self.cluster_report = {"cluster_repairs": int(result.repairs)}
-        return result.assignments
+        return assignments
+
+    def before_upload(self) -> None:
+        """clusters=global: the upload carries this client's per-centroid sums and counts, of the
+        features its trained backbone gives (closer to the next global backbone than the round's
+        start): assigned to the round's global centroids, or, in the first round, its own clusters."""
+        if not self.global_clusters or self._images is None:
+            return
+        features = F.normalize(self.features(self._images), dim=1).cpu()
+        started = float(self.clusters.counts.sum()) > 0
+        assignments = assign(features, self.clusters.centroids.cpu()) if started else self.assignments
+        sums, counts = cluster_sums(features, assignments, self.num_clusters)
+        lone = counts < MIN_SENT  # a cluster of one image: its sum would be that image's feature
+        sums[lone], counts[lone] = 0.0, 0
+        self.clusters.centroids.copy_(torch.from_numpy(sums).float())
+        self.clusters.counts.copy_(torch.from_numpy(counts).float())
+        self._images = None
 
     def loss(self, views, generator, index=None):
         (view,) = views

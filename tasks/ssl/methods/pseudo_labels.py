@@ -4,9 +4,11 @@ heads trained with cross-entropy on those labels for one augmented view per imag
 
 A subclass says how labels are made (`relabel`: k-means for DeepCluster, equal-partition
 Sinkhorn-Knopp for SeLa). Pseudo-labels are made at the start of each round and every
-`recluster_every` local epochs within it when set. In the federated form `local` the backbone
-(`online`) is averaged and the heads stay on the client (they classify into its own clusters).
-`assignments` (one cluster per image) is what NMI measures (tasks/ssl/local.py).
+`recluster_every` local epochs within it when set. Federated forms (`clusters`): `local`, the
+backbone (`online`) is averaged and the heads stay on the client (they classify into its own
+clusters); `global`, the heads are averaged too, tied to clusters that are the federation's
+(each method says how). `assignments` (one cluster per image) is what NMI measures
+(tasks/ssl/local.py).
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ class PseudoLabelMethod(SSLMethod):
     views = (View(),)  # one augmented view per image
     needs_index = True
     CLIENT_METRICS = ("nmi_labels", "nmi_previous", "clusters_filled", "largest_cluster_share")
-    LOCAL_PARTS: tuple[str, ...] = ()
+    LOCAL_PARTS: tuple[str, ...] = ()  # the heads: the client's own under clusters=local, averaged under global
+    GLOBAL_PARTS: tuple[str, ...] = ()  # parts that exist only under clusters=global (DeepCluster's centroids)
 
-    def __init__(self, arch: str, width: float, num_clusters: int, recluster_every: int | None, feature_batch_size: int):
+    def __init__(self, arch: str, width: float, num_clusters: int, recluster_every: int | None, feature_batch_size: int,
+                 clusters: str = "local"):
         super().__init__()
+        if clusters not in ("local", "global"):
+            raise ValueError(f"ssl.clusters must be local or global, got {clusters!r}")
+        self.global_clusters = clusters == "global"
         self.online = Encoder(build_backbone(arch, width), nn.Identity())
         self.num_clusters, self.recluster_every = int(num_clusters), recluster_every
         self.feature_batch_size = int(feature_batch_size)
@@ -37,6 +44,8 @@ class PseudoLabelMethod(SSLMethod):
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:
         one_encoder(sync)
+        if self.global_clusters:
+            return SyncPlan(uploaded=("online", *self.LOCAL_PARTS, *self.GLOBAL_PARTS), local=())
         return SyncPlan(uploaded=("online",), local=self.LOCAL_PARTS)
 
     @torch.no_grad()

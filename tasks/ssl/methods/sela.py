@@ -10,6 +10,8 @@ tasks/common/clustering.sela_labels); an image's label is its row's argmax. Trai
 heads of each head's cross-entropy on its labels. Unlike DeepCluster's, the heads are not
 re-initialised: their predictions are what the next labels follow. Head 0's labels are the
 client's `assignments` (NMI). Federated form `local`: backbone averaged, heads stay on the client.
+Form `global`: the heads are the federation's prototypes, averaged with the backbone; each client
+labels its images by the equal partition of the global heads' predictions on them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protocol.checks import Float, Int
+from protocol.checks import Choice, Float, Int
 from tasks.common.clustering import sela_labels
 from tasks.ssl.methods.pseudo_labels import PseudoLabelMethod
 
@@ -27,13 +29,14 @@ from tasks.ssl.methods.pseudo_labels import PseudoLabelMethod
 class SeLa(PseudoLabelMethod):
     name = "sela"
     CONFIG = {"num_clusters": Int(min=2), "num_heads": Int(min=1), "sk_lambda": Float(above=0),
-              "sk_iterations": Int(min=1), "recluster_every": Int(min=1, null=True), "feature_batch_size": Int(min=1)}
+              "sk_iterations": Int(min=1), "recluster_every": Int(min=1, null=True), "feature_batch_size": Int(min=1),
+              "clusters": Choice(options=("local", "global"))}
     CLIENT_METRICS = (*PseudoLabelMethod.CLIENT_METRICS, "sinkhorn_error")
     LOCAL_PARTS = ("heads",)
 
     def __init__(self, arch="resnet18", width=1.0, num_clusters=128, num_heads=1, sk_lambda=25.0, sk_iterations=100,
-                 recluster_every=None, feature_batch_size=512):
-        super().__init__(arch, width, num_clusters, recluster_every, feature_batch_size)
+                 recluster_every=None, feature_batch_size=512, clusters="local"):
+        super().__init__(arch, width, num_clusters, recluster_every, feature_batch_size, clusters)
         dim = self.online.backbone.out_dim
         self.heads = nn.ModuleList(nn.Linear(dim, self.num_clusters) for _ in range(int(num_heads)))
         self.sk_lambda, self.sk_iterations = float(sk_lambda), int(sk_iterations)
