@@ -35,6 +35,11 @@ METHODS = {
     "fedsimclr": ("FedSimCLR", ["strategy=fedavg", "ssl=simclr"]),
     "fedmoco": ("FedMoCo (v2)", ["strategy=fedavg", "ssl=mocov2"]),
     "fedswav": ("FedSwAV", ["strategy=fedavg", "ssl=swav"]),
+    # the clustering family (issue 15, SPEC §8): clusters per client (local) or the federation's (global)
+    "feddeepcluster": ("FedDeepCluster, local", ["strategy=fedavg", "ssl=deepcluster"]),
+    "feddeepcluster_global": ("FedDeepCluster, global", ["strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global"]),
+    "fedsela": ("FedSeLa, local", ["strategy=fedavg", "ssl=sela"]),
+    "fedsela_global": ("FedSeLa, global", ["strategy=fedavg", "ssl=sela", "ssl.clusters=global"]),
     "standalone": ("Standalone", ["strategy=standalone"]),
     "centralised": ("Centralised", ["strategy=centralised"]),
     "random_init": ("Random init (no training)", ["strategy=fedu", "mode=evaluate", "checkpoint=init"]),
