@@ -62,7 +62,7 @@ class DeepCluster(PseudoLabelMethod):
     def relabel(self, images: torch.Tensor, generator: torch.Generator) -> np.ndarray:
         features = F.normalize(self.features(images), dim=1).cpu()
         started = self.global_clusters and float(self.clusters.counts.sum()) > 0
-        if started:  # the federation's centroids: assign, and keep this step's sums and counts
+        if started:  # the federation's centroids: its labels are the nearest ones (sums follow in before_upload)
             assignments = assign(features, self.clusters.centroids.cpu())
             self.cluster_report = {"global_clusters_started": 1.0}
         else:
