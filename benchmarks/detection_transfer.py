@@ -30,7 +30,14 @@ from benchmarks.compare import METHODS, cell_dir, run_cell, run_resumable  # noq
 
 INITS = ["random", "fedu", "fedbyol", "fedsimclr", "standalone", "centralised"]
 COLUMNS = {"map": "mAP", "map_50": "mAP@0.5", "map_gain": "mAP − random init", "map_50_gain": "mAP@0.5 − random init",
+           "site_map_50": "mAP@0.5, mean of sites", "site_map_50_gain": "mean of sites − random init",
            "wall_seconds": "wall (s)"}
+
+
+def site_mean(final: dict, key: str) -> float:
+    """The sites' own figures averaged, weighted by their test images (COCO's -1 left out)."""
+    sites = [c for c in final["per_client"].values() if c.get(key, -1) >= 0]
+    return sum(c["images"] * c[key] for c in sites) / sum(c["images"] for c in sites)
 
 
 def ssl_checkpoint(init: str, seed: int, args) -> Path:
@@ -49,6 +56,7 @@ def run(init: str, seed: int, args) -> dict:
                  *args.extra]
     s = run_resumable(args.out / init / f"seed{seed}", overrides)
     return {"init": init, "seed": seed, "strategy": args.strategy, "map": s["final"]["map"], "map_50": s["final"]["map_50"],
+            "site_map_50": site_mean(s["final"], "map_50"),
             "per_site": {k: v["map_50"] for k, v in s["final"]["per_client"].items()},
             "map_by_round": [(e["round"], e["map"]) for e in s["detection"]],
             "map_50_by_round": [(e["round"], e["map_50"]) for e in s["detection"]],
@@ -58,7 +66,7 @@ def run(init: str, seed: int, args) -> dict:
 def aggregate(cells: list[dict]) -> dict:
     base = {c["seed"]: c for c in cells if c["init"] == "random"}
     for c in cells:
-        for key in ("map", "map_50"):
+        for key in ("map", "map_50", "site_map_50"):
             c[f"{key}_gain"] = c[key] - base[c["seed"]][key] if c["seed"] in base else None
     rows = {}
     for init in dict.fromkeys(c["init"] for c in cells):
