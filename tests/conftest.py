@@ -18,11 +18,11 @@ SLOW = os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("FEDS
 
 
 def pytest_collection_modifyitems(config, items):
-    """`slow` tests (minutes-long loopback deployments) run in CI (CI=true) or with
+    """`slow` tests (minutes each: loopback deployments, resume comparisons) run in CI (CI=true) or with
     FEDSSL_SLOW_TESTS=1; elsewhere they are skipped, so that the suite keeps its time."""
     if SLOW:
         return
-    skip = pytest.mark.skip(reason="slow loopback deployment: runs in CI (CI=true) or with FEDSSL_SLOW_TESTS=1")
+    skip = pytest.mark.skip(reason="slow (minutes): runs in CI (CI=true) or with FEDSSL_SLOW_TESTS=1")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

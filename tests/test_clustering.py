@@ -221,15 +221,6 @@ def test_nmi_matches_the_definition_summed_by_hand():
     assert nmi(a, b) == pytest.approx(mi / math.sqrt(h(a) * h(b)), rel=1e-12)
 
 
-def test_nmi_matches_sklearn_if_installed():
-    metrics = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(0)
-    a, b = rng.integers(0, 5, 200), rng.integers(0, 3, 200)
-    b[:100] = a[:100] % 3
-    ref = metrics.normalized_mutual_info_score(a, b, average_method="geometric")
-    assert nmi(a, b) == pytest.approx(ref, rel=1e-9)
-
-
 def test_bad_input_names_the_problem():
     x, _ = blobs()
     with pytest.raises(ValueError, match="at least 2"):

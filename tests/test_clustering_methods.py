@@ -106,7 +106,8 @@ def test_bad_cluster_settings_are_refused_before_training(make_cfg, overrides, m
         prepare(make_cfg("strategy=fedavg", "ssl=deepcluster", *overrides), "/nonexistent")
 
 
-@pytest.mark.parametrize("ssl", [["ssl=deepcluster"], ["ssl=sela"], ["ssl=deepcluster", "ssl.clusters=global"]],
+@pytest.mark.parametrize("ssl", [["ssl=deepcluster"], pytest.param(["ssl=sela"], marks=pytest.mark.slow),
+                                 pytest.param(["ssl=deepcluster", "ssl.clusters=global"], marks=pytest.mark.slow)],
                          ids=["deepcluster", "sela", "deepcluster_global"])
 def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_dir, ssl):
     done = subprocess.run([sys.executable, "main.py", "experiment=smoke", "strategy=fedavg", *ssl,

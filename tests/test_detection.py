@@ -134,7 +134,8 @@ def main_py(tmp_path, data_dir, cache_dir, *overrides, out="run"):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "standalone", "centralised"])
+@pytest.mark.parametrize("strategy", ["fedavg", pytest.param("standalone", marks=pytest.mark.slow),
+                                      pytest.param("centralised", marks=pytest.mark.slow)])
 def test_a_two_site_smoke_federation_writes_map_per_site(tmp_path, data_dir, cache_dir, strategy):
     done = main_py(tmp_path, data_dir, cache_dir, f"strategy={strategy}", "dataset=synthetic_detection",
                    "num_clients=2", "detection.lr_schedule=constant")

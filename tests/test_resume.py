@@ -34,9 +34,11 @@ def final_weights(run_dir):
     ["strategy=fedpav", "dataset=cifar100_reid", "strategy.kd=true", "strategy.kd_every=1", "strategy.cdw=true"],
     ["strategy=sdr"],  # progressive stages and routed samples follow the round
     # detection under partial averaging: heads kept on the sites, the sites evaluate (issue 16)
-    ["strategy=fedpav", "dataset=synthetic_detection", "detection.lr_schedule=constant"],
+    # (these two run with the slow tests: CI, or FEDSSL_SLOW_TESTS=1; 1-2 minutes each)
+    pytest.param(["strategy=fedpav", "dataset=synthetic_detection", "detection.lr_schedule=constant"],
+                 marks=pytest.mark.slow),
     # DeepCluster: the clusters of each client's last round come back from its state (issue 15)
-    ["strategy=fedavg", "ssl=deepcluster"],
+    pytest.param(["strategy=fedavg", "ssl=deepcluster"], marks=pytest.mark.slow),
 ], ids=["fedu", "fedpav", "sdr", "detection_partial", "deepcluster"])
 def test_killed_after_round_2_and_resumed_equals_uninterrupted(tmp_path, data_dir, cache_dir, strategy):
     common = ["num_rounds=4", "checkpoint_every=2", *strategy]
