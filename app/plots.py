@@ -68,7 +68,7 @@ def accuracy_plot(summary: dict, path: Path) -> Path | None:
     plt = pyplot()
     knn = summary.get("knn") or []
     name = next((n for n in PER_CLIENT_CURVES if summary.get(n)), None)
-    retrieval = summary.get(name) or [] if name else []
+    retrieval = summary.get(name) or []
     final = summary.get("final") or {}
     path_knn = final.get("path_knn") or {}
     if not knn and not retrieval:

@@ -54,10 +54,16 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_dim = in_planes
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of layer1-4 (a detector's FPN reads the last three)."""
+        out, maps = F.relu(self.bn1(self.conv1(x))), []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            out = layer(out)
+            maps.append(out)
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return torch.flatten(F.adaptive_avg_pool2d(self.feature_maps(x)[-1], 1), 1)
 
 
 ARCHITECTURES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet10": (1, 1, 1, 1)}

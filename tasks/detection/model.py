@@ -21,7 +21,6 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -56,11 +55,7 @@ class ProjectBackboneFPN(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
-        b = self.body
-        c1 = b.layer1(F.relu(b.bn1(b.conv1(x))))
-        c2 = b.layer2(c1)
-        c3 = b.layer3(c2)
-        c4 = b.layer4(c3)
+        _, c2, c3, c4 = self.body.feature_maps(x)
         return self.fpn(OrderedDict([("0", c2), ("1", c3), ("2", c4)]))
 
 
