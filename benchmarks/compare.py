@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
+from benchmarks.tables import commit, fmt, mean_std, write_results  # noqa: E402
 
 # method -> (display name, Hydra overrides)
 METHODS = {
@@ -68,12 +68,13 @@ COLUMNS = {
     "knn_bn_reestimated_gain": "kNN, BN re-est. − round 0", "linear": "linear",
     "linear_gain": "linear − random init", "linear_bn_reestimated": "linear, BN re-est.",
     "linear_bn_reestimated_gain": "linear, BN re-est. − random init", "semi_1": "semi 1%", "semi_10": "semi 10%",
+    "nmi_labels": "NMI vs labels", "nmi_previous": "NMI vs previous round",
     "wall_seconds": "wall (s)", "mb_per_round": "MB/round",
 }
 
 
 # (scale, digits) of the columns that are not accuracies (fmt's default: fraction -> % with 2 digits)
-UNITS = {"wall_seconds": (1.0, 0), "mb_per_round": (1.0, 1)}
+UNITS = {"wall_seconds": (1.0, 0), "mb_per_round": (1.0, 1), "nmi_labels": (1.0, 3), "nmi_previous": (1.0, 3)}
 
 
 def _minus(a, b):
@@ -164,6 +165,15 @@ def run_cell(method: str, partition: str, seed: int, args) -> dict:
     return finished_cell(method, partition, seed, args)
 
 
+def last_round_client_mean(rounds: list[dict], key: str) -> float | None:
+    """The clients' mean of a per-client value (clustering methods' NMI) in the last round that reports it."""
+    for rec in reversed(rounds):
+        values = [c[key] for c in (rec.get("clients") or {}).values() if c.get(key) is not None]
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
 def cell(method: str, partition: str, seed: int, s: dict) -> dict:
     """One run's numbers (fractions; None where the run did not report it)."""
     final, rounds = s["final"], s["rounds"]
@@ -173,23 +183,14 @@ def cell(method: str, partition: str, seed: int, s: dict) -> dict:
         "knn": final.get("knn_accuracy"), "knn_bn_reestimated": final.get("knn_accuracy_bn_reestimated"),
         "linear": final.get("linear_accuracy"), "linear_bn_reestimated": final.get("linear_accuracy_bn_reestimated"),
         "semi_1": final.get("semi_1%"), "semi_10": final.get("semi_10%"),
+        "nmi_labels": last_round_client_mean(rounds, "nmi_labels"),
+        "nmi_previous": last_round_client_mean(rounds, "nmi_previous"),
         "wall_seconds": s["wall_seconds"],
         "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / max(1, len(rounds)) / 1e6,
         "knn_by_round": [(k["round"], k["accuracy"]) for k in s["knn"]],
         "knn_bn_reestimated_by_round": [(k["round"], k["accuracy_bn_reestimated"]) for k in s["knn"]
                                         if "accuracy_bn_reestimated" in k],
     }
-
-
-def mean_std(values: list) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1) of the values reported; std None for one value."""
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def aggregate(cells: list[dict]) -> dict:
@@ -205,13 +206,6 @@ def aggregate(cells: list[dict]) -> dict:
         rounds = sorted(set.intersection(*(set(b) for b in by_seed)))
         row[series] = [(r, *mean_std([b[r] for b in by_seed])) for r in rounds]
     return row
-
-
-def fmt(mean, std, scale: float = 100.0, digits: int = 2) -> str:
-    if mean is None:
-        return "-"
-    text = f"{scale * mean:.{digits}f}"
-    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
 def markdown(rows: list[dict], args) -> str:
@@ -279,14 +273,6 @@ def parse(argv=None):
     return args
 
 
-def commit() -> str:
-    """The commit the cells ran on ("+ local changes" when the tree differs from it)."""
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    return sha + (" + local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def main(argv=None) -> list[dict]:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -312,19 +298,6 @@ def main(argv=None) -> list[dict]:
     if rows:
         write_results(args, rows, markdown(rows, args), plot, "knn_rounds.png", cells=cells)
     return rows
-
-
-def write_results(args, rows: list[dict], table: str, plot_fn, png: str, cells: list[dict] | None = None) -> None:
-    """Print the table; write table.md, table.json (settings, rows, per-seed cells) and the plot into args.out."""
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(table)
-    doc = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
-    if cells is not None:
-        doc["cells"] = cells
-    (args.out / "table.json").write_text(json.dumps(doc, indent=2))
-    plot_fn(rows, args.out / png)
-    print(f"written: {args.out}/table.md, table.json, {png}")
 
 
 if __name__ == "__main__":

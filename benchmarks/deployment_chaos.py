@@ -196,7 +196,7 @@ def table(args, result: dict, summary: dict, audit) -> str:
 
 
 def main(argv=None) -> int:
-    from compare import commit
+    from tables import commit
 
     args = parse(argv)
     soak = Soak(args)

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.compare import run_resumable  # noqa: E402
-from benchmarks.detection_transfer import site_mean  # noqa: E402
+from benchmarks.detection_transfer import UNITS, site_mean  # noqa: E402
+from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
 
 STRATEGIES = {
     "fedavg": ("FedAvg (FedVision)", ["strategy=fedavg"]),
@@ -56,11 +56,7 @@ def table(cells: list[dict]) -> str:
     lines = ["| strategy | scored by | " + " | ".join(COLUMNS.values()) + " | seeds |", "|" + "---|" * (len(COLUMNS) + 3)]
     for name in dict.fromkeys(c["strategy"] for c in cells):
         mine = [c for c in cells if c["strategy"] == name]
-        parts = []
-        for key in COLUMNS:
-            values = [c[key] for c in mine]
-            m, s = mean(values), (stdev(values) if len(values) > 1 else 0.0)
-            parts.append(f"{m:.0f}" if key == "wall_seconds" else f"{100 * m:.2f} ± {100 * s:.2f}")
+        parts = [fmt(*mean_std([c[key] for c in mine]), *UNITS.get(key, ())) for key in COLUMNS]
         scored = "server (pooled)" if mine[0]["evaluated_by"] == "server" else "sites"
         lines.append(f"| {STRATEGIES[name][0]} | {scored} | " + " | ".join(parts)
                      + f" | {', '.join(str(c['seed']) for c in mine)} |")
@@ -93,11 +89,11 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     cells = [run(name, seed, args) for seed in args.seeds for name in args.strategies]
     text = table(cells)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    at = commit()
     command = "python benchmarks/detection_strategies.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(f"{text}\n`{command}` (commit {commit}); mean ± std over seeds.\n")
-    (args.out / "table.json").write_text(json.dumps({"command": command, "commit": commit, "cells": cells}, indent=2))
+    (args.out / "table.md").write_text(f"{text}\n`{command}` (commit {at}); mean ± std over seeds.\n")
+    (args.out / "table.json").write_text(json.dumps({"command": command, "commit": at, "cells": cells}, indent=2))
     plot(cells, args.out / "map_rounds.png")
     print(text)
     return cells

@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.compare import METHODS, cell_dir, run_cell, run_resumable  # noqa: E402
+from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
 
 INITS = ["random", "fedu", "fedbyol", "fedsimclr", "standalone", "centralised"]
 COLUMNS = {"map": "mAP", "map_50": "mAP@0.5", "map_gain": "mAP − random init", "map_50_gain": "mAP@0.5 − random init",
            "site_map_50": "mAP@0.5, mean of sites", "site_map_50_gain": "mean of sites − random init",
            "wall_seconds": "wall (s)"}
+UNITS = {"wall_seconds": (1.0, 0)}  # (scale, digits) where not a fraction shown in %
 
 
 def site_mean(final: dict, key: str) -> float:
@@ -73,19 +74,9 @@ def aggregate(cells: list[dict]) -> dict:
         mine = [c for c in cells if c["init"] == init]
         rows[init] = {}
         for key in COLUMNS:
-            values = [c[key] for c in mine if c.get(key) is not None]
-            rows[init][key] = (mean(values) if values else None, stdev(values) if len(values) > 1 else 0.0)
+            rows[init][key] = mean_std([c.get(key) for c in mine])
         rows[init]["seeds"] = [c["seed"] for c in mine]
     return rows
-
-
-def fmt(key: str, value) -> str:
-    m, s = value
-    if m is None:
-        return "–"
-    if key == "wall_seconds":
-        return f"{m:.0f}"
-    return f"{100 * m:.2f} ± {100 * s:.2f}"
 
 
 def table(rows: dict, args) -> str:
@@ -93,7 +84,7 @@ def table(rows: dict, args) -> str:
     head = "| backbone init | " + " | ".join(COLUMNS.values()) + " | seeds |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for init, row in rows.items():
-        lines.append(f"| {names.get(init, init)} | " + " | ".join(fmt(k, row[k]) for k in COLUMNS)
+        lines.append(f"| {names.get(init, init)} | " + " | ".join(fmt(*row[k], *UNITS.get(k, ())) for k in COLUMNS)
                      + f" | {', '.join(map(str, row['seeds']))} |")
     return "\n".join(lines) + "\n"
 
@@ -133,12 +124,12 @@ def main(argv=None) -> dict:
     cells = [run(init, seed, args) for seed in args.seeds for init in args.inits]
     rows = aggregate(cells)
     text = table(rows, args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    at = commit()
     command = "python benchmarks/detection_transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(f"{text}\n`{command}` (commit {commit}); mean ± std over seeds, "
+    (args.out / "table.md").write_text(f"{text}\n`{command}` (commit {at}); mean ± std over seeds, "
                                        f"gains paired by seed.\n")
-    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "commit": commit, "command": command,
+    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "commit": at, "command": command,
               "rows": rows, "cells": cells}
     (args.out / "table.json").write_text(json.dumps(report, indent=2))
     plot(cells, args.out / "map_rounds.png")

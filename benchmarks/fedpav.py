@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compare import ROOT, run_resumable, write_results
+from compare import ROOT, run_resumable
+from tables import write_results
 
 METHODS = {
     "fedpav": ("FedPav", ["strategy=fedpav"]),

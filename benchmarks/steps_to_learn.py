@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import compose, to_plain  # noqa: E402
 from app.plots import pyplot, save_figure  # noqa: E402
-from compare import commit, write_results  # noqa: E402
+from tables import commit, write_results  # noqa: E402
 from tasks.common.evaluate import features_on, knn_score, recalibrate_batchnorm  # noqa: E402
 from tasks.common.federated_data import dataset_from_cfg, evaluation_sets  # noqa: E402
 from tasks.common.precision import compute_for  # noqa: E402

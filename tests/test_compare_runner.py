@@ -95,3 +95,25 @@ def test_random_init_row_is_evaluated_once_without_training(tmp_path, monkeypatc
     monkeypatch.setattr(compare, "launch", lambda cmd: (_ for _ in ()).throw(AssertionError("evaluated again")))
     again = compare.main(["--methods", "random_init", "--partitions", "iid", "--out", str(tmp_path), "--report-only"])
     assert again[0]["semi_10"] == 0.12
+
+
+def test_clustering_rows_report_the_clients_mean_nmi_of_the_last_round(tmp_path, monkeypatch):
+    """NMI columns: the clients' mean in the last round that reports it; "-" for methods without clusters."""
+    clustered = fake_summary(0.1)
+    clustered["rounds"] = [
+        {"bytes_sent": 1e6, "clients": {"0": {"nmi_labels": 0.1, "nmi_previous": 0.2}}},
+        {"bytes_sent": 1e6, "clients": {"0": {"nmi_labels": 0.4, "nmi_previous": 0.9},
+                                        "1": {"nmi_labels": 0.6, "nmi_previous": 0.7}}},
+        {"bytes_sent": 1e6, "clients": {"0": {"loss": 1.0}}},  # a round without clustering reports
+    ]
+    for method, summary in (("feddeepcluster", clustered), ("fedu", fake_summary(0.2))):
+        cell = tmp_path / "classes" / method / "seed0"
+        cell.mkdir(parents=True)
+        (cell / "summary.json").write_text(json.dumps(summary))
+    rows = compare.main(["--methods", "feddeepcluster", "fedu", "--partitions", "classes", "--out", str(tmp_path),
+                         "--report-only"])
+    assert rows[0]["nmi_labels"] == pytest.approx(0.5) and rows[0]["nmi_previous"] == pytest.approx(0.8)
+    assert rows[1]["nmi_labels"] is None
+    table = (tmp_path / "table.md").read_text()
+    assert "NMI vs labels | NMI vs previous round" in table
+    assert "| 0.500 | 0.800 |" in table and "| FedU | 1 |" in table
