@@ -38,6 +38,8 @@ METHODS = {
     # the clustering family (issue 15, SPEC §8): clusters per client (local) or the federation's (global)
     "feddeepcluster": ("FedDeepCluster, local", ["strategy=fedavg", "ssl=deepcluster"]),
     "feddeepcluster_global": ("FedDeepCluster, global", ["strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global"]),
+    "feddeepcluster_balanced": ("FedDeepCluster, global, balanced", ["strategy=fedavg", "ssl=deepcluster",
+                                                                      "ssl.clusters=global", "ssl.assign=balanced"]),
     "fedsela": ("FedSeLa, local", ["strategy=fedavg", "ssl=sela"]),
     "fedsela_global": ("FedSeLa, global", ["strategy=fedavg", "ssl=sela", "ssl.clusters=global"]),
     "standalone": ("Standalone", ["strategy=standalone"]),

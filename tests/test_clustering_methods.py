@@ -13,6 +13,7 @@ import torch
 
 from app.federation import prepare
 from protocol.checks import ConfigError
+from tasks.common.clustering import assign as assign_nearest
 from tasks.common.clustering import kmeans as real_kmeans
 from tasks.ssl.methods import build_method
 from tasks.ssl.model import build_federated_method, ssl_layout
@@ -100,6 +101,8 @@ def test_sela_labels_are_an_equal_partition_of_the_heads_predictions():
     (["strategy=fedu"], "strategy=fedu is defined for BYOL"),
     (["strategy=standalone", "ssl.clusters=global"], "strategy=standalone aggregates nothing"),
     (["ssl.clusters=both"], "ssl.clusters"),
+    (["ssl.assign=balanced"], "ssl.assign=balanced .* needs ssl.clusters=global"),
+    (["ssl.clusters=global", "ssl.assign=equal"], "ssl.assign"),
 ])
 def test_bad_cluster_settings_are_refused_before_training(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -144,6 +147,20 @@ def test_global_clusters_upload_sums_of_two_or_more_images_and_the_heads(make_cf
     assert sent.tolist() == [c if c >= 2 else 0 for c in n]  # a lone image's cluster is not sent
     for j in np.flatnonzero(n >= 2):
         assert torch.allclose(method.clusters.centroids[j], features[a == j].sum(0), atol=1e-5)
+
+
+def test_balanced_assignment_gives_every_global_cluster_an_equal_share():
+    """assign=balanced (Orchestra's rule): where every feature is nearest to one centroid, the
+    equal-partition assignment still spreads them by their cosine scores, N/k per cluster."""
+    method = _method(clusters="global", assign="balanced")
+    centroids = torch.eye(4, method.online.backbone.out_dim)
+    method.clusters.centroids.copy_(2.0 * centroids)  # scale does not matter: scored against normalised centroids
+    group = torch.arange(12) % 4
+    features = torch.nn.functional.normalize(centroids[0] + 0.1 * centroids[group], dim=1)
+    assert assign_nearest(features, method.clusters.centroids).tolist() == [0] * 12  # nearest: one cluster
+    assert method.global_assignments(features).tolist() == group.tolist()  # balanced: 3 each, by their scores
+    method.balanced = False
+    assert method.global_assignments(features).tolist() == [0] * 12
 
 
 def _merge_layout():
