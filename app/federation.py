@@ -100,9 +100,9 @@ def strategy_class(cfg: dict):
 
 
 def summary_schema(cfg: dict, make_strategy=None) -> SummarySchema:
-    """What the run's summary.json holds (the task's metrics, the strategy's own fields)."""
-    cls = (make_strategy or strategy_class(cfg)).func
-    return SummarySchema(task_of(cfg).metrics, cls.CLIENT_FIELDS, cls.ROUND_FIELDS)
+    """What the run's summary.json holds (the task's metrics, the strategy's and the task's own fields)."""
+    cls, task = (make_strategy or strategy_class(cfg)).func, task_of(cfg)
+    return SummarySchema(task.metrics, (*cls.CLIENT_FIELDS, *task.client_fields(cfg)), cls.ROUND_FIELDS)
 
 
 @dataclass

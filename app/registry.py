@@ -61,6 +61,7 @@ class Task:
     route: mode=route for a task whose models have sub-networks, else None.
     local_evaluate: a client's scoring of its own model on its own test data, for layouts the
         clients evaluate (Layout.evaluated_by == "clients"), else None.
+    client_fields(cfg): per-client values of its own that the round's console line shows.
     """
 
     name: str
@@ -75,6 +76,7 @@ class Task:
     server_hooks: Callable[[dict], dict] = lambda cfg: {}
     route: Callable | None = None
     local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None
+    client_fields: Callable[[dict], tuple] = lambda cfg: ()
 
 
 REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
@@ -118,7 +120,8 @@ TASKS = {
     "ssl": Task(
         "ssl", "images", ssl_layout, ssl_round, RepresentationEvaluator, _ssl_preflight,
         TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"),), series=KNN_HISTORY),
-        config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, layout_options=_ssl_options),
+        config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, layout_options=_ssl_options,
+        client_fields=lambda cfg: getattr(METHODS.get(cfg["ssl"]["name"]), "CLIENT_FIELDS", ())),
     "reid": Task(
         "reid", "reid", reid_layout, reid_round, ReIDEvaluator,
         lambda cfg: check_reid_data(cfg, needs_public=bool(cfg["strategy"].get("kd"))),

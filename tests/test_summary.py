@@ -30,6 +30,19 @@ def test_the_console_line_shows_what_the_strategy_and_the_task_declare():
     assert reid == "[round 3/3] | clients 2/0 | weights 0.25-0.75 | KD loss 0.0123 | rank-1 50.00% | mAP 40.00%"
 
 
+def test_the_clustering_methods_show_how_many_clusters_each_client_filled(make_cfg):
+    """A client whose images fill fewer clusters than asked shows on the round's line (issue 15)."""
+    from app.federation import summary_schema
+    record = {"round": 2, "clients": {"0": {"clusters_filled": 5, "largest_cluster_share": 0.77, "cluster_repairs": 0},
+                                      "1": {"clusters_filled": 32, "largest_cluster_share": 0.1, "cluster_repairs": 2}}}
+    line = summary_schema(make_cfg("strategy=fedavg", "ssl=deepcluster")).progress_line(record, 6)
+    assert line == ("[round 2/6] | clients 2/0 | clusters filled 5-32 | largest cluster share 0.10-0.77 "
+                    "| empty clusters repaired 0-2")
+    sela = summary_schema(make_cfg("strategy=fedavg", "ssl=sela")).progress_line(record, 6)
+    assert "clusters filled 5-32" in sela and "repaired" not in sela
+    assert "clusters" not in summary_schema(make_cfg("strategy=fedu")).progress_line(record, 6)
+
+
 def test_wandb_values_and_final_summary_come_from_the_same_declarations():
     schema = SummarySchema(TASKS["ssl"].metrics, FedU.CLIENT_FIELDS, FedU.ROUND_FIELDS)
     flat = schema.wandb_values(fedu_record())

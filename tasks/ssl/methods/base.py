@@ -65,6 +65,7 @@ class SSLMethod(nn.Module):
     views: tuple[View, ...] = TWO_VIEWS  # the augmentation recipe: one View per augmented view
     needs_index = False  # loss(views, generator, index): the batch's rows among the client's images
     CLIENT_METRICS: tuple[str, ...] = ()  # its clients' own metrics recorded per client in summary.json
+    CLIENT_FIELDS: tuple = ()  # those of them the round's console line shows (protocol.fields.ClientField)
     global_clusters = False  # clusters/prototypes that are the federation's (SPEC §8, ssl.clusters=global)
     sum_merge: tuple[tuple[str, str], ...] = ()  # (centroids key, counts key): uploaded as sums and counts
     assignments = None  # clustering methods: the latest cluster of each of the client's images

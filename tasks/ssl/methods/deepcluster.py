@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protocol.checks import Choice, ConfigError, Float, Int
+from protocol.fields import ClientField
 from tasks.common.clustering import assign, balanced_sample_weights, cluster_sums, kmeans, sela_labels
 from tasks.ssl.methods.pseudo_labels import PseudoLabelMethod
 
@@ -50,6 +51,8 @@ class DeepCluster(PseudoLabelMethod):
               "feature_batch_size": Int(min=1), "clusters": Choice(options=("local", "global")),
               "assign": Choice(options=("nearest", "balanced")), "sk_lambda": Float(above=0)}
     CLIENT_METRICS = (*PseudoLabelMethod.CLIENT_METRICS, "cluster_repairs", "global_clusters_started")
+    # k-means clusters its images left empty (each repaired from a non-empty one, SPEC §8)
+    CLIENT_FIELDS = (*PseudoLabelMethod.CLIENT_FIELDS, ClientField("cluster_repairs", "empty clusters repaired", fmt=".0f"))
     LOCAL_PARTS = ("head",)
     GLOBAL_PARTS = ("clusters",)
 

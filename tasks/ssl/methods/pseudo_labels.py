@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protocol.fields import ClientField
 from tasks.common.augment import View, to_float
 from tasks.common.models import Encoder, build_backbone
 from tasks.ssl.methods.base import SSLMethod, SyncPlan, one_encoder
@@ -27,6 +28,9 @@ class PseudoLabelMethod(SSLMethod):
     views = (View(),)  # one augmented view per image
     needs_index = True
     CLIENT_METRICS = ("nmi_labels", "nmi_previous", "clusters_filled", "largest_cluster_share")
+    # on the round's console line: a client whose images fill fewer clusters than asked shows at once
+    CLIENT_FIELDS = (ClientField("clusters_filled", "clusters filled", fmt=".0f"),
+                     ClientField("largest_cluster_share", "largest cluster share", fmt=".2f"))
     LOCAL_PARTS: tuple[str, ...] = ()  # the heads: the client's own under clusters=local, averaged under global
     GLOBAL_PARTS: tuple[str, ...] = ()  # parts that exist only under clusters=global (DeepCluster's centroids)
 
