@@ -22,11 +22,11 @@ averaged, re-initialised only in that first round.
 `assign` (global form only) is how a client labels its images with the global centroids: `nearest`
 (DeepCluster's k-means E-step, the default) or `balanced`, Orchestra's equal-size assignment: the
 cosine scores to the normalised centroids, equal-partition Sinkhorn-Knopp with `sk_lambda` (the
-same solver as SeLa's), so every global cluster gets N/k of the client's images. Why it exists:
-measured at experiment=cpu, nearest assignment under the averaged backbone filled 4-5 of 32
-clusters in round 2 and one in round 3, after which one pseudo-class left nothing to learn and
-the features died (README "Clustering-based SSL"); Orchestra guards against that degenerate
-solution with exactly this constraint.
+same solver as SeLa's): the plan gives every global cluster N/k of the mass, its argmax (SeLa's
+hard labels) roughly so. Why it exists: measured at experiment=cpu, nearest assignment under the
+averaged backbone filled 3-5 of 32 clusters in round 2 and one in round 3, after which one
+pseudo-class left nothing to learn and the features died (README "Clustering-based SSL");
+Orchestra guards against that degenerate solution with this constraint.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class DeepCluster(PseudoLabelMethod):
 
     def global_assignments(self, features: torch.Tensor) -> np.ndarray:
         """Each normalised feature's global cluster: the nearest centroid, or (`assign=balanced`) the
-        equal-size partition of the cosine scores (Orchestra's rule; N/k images per cluster)."""
+        equal-partition plan of the cosine scores (Orchestra's rule; argmax per image, as SeLa)."""
         centroids = self.clusters.centroids.cpu()
         if not self.balanced:
             return assign(features, centroids)
