@@ -22,7 +22,7 @@ def mean_std(values: list) -> tuple[float | None, float | None]:
 
 
 def fmt(mean, std, scale: float = 100.0, digits: int = 2) -> str:
-    """"mean ± std" scaled (fractions to % by default); the mean alone for one seed, "-" for none."""
+    """A cell: mean ± std scaled (fractions to % by default); the mean alone for one seed, "-" for none."""
     if mean is None:
         return "-"
     text = f"{scale * mean:.{digits}f}"

@@ -63,8 +63,8 @@ class DeepCluster(PseudoLabelMethod):
             raise ConfigError(f"ssl.assign must be nearest or balanced, got {assign!r}")
         if assign == "balanced" and not self.global_clusters:
             raise ConfigError("ssl.assign=balanced assigns to the federation's centroids: it needs ssl.clusters=global "
-                             "(under clusters=local each client runs its own k-means); set ssl.clusters=global or "
-                             "ssl.assign=nearest")
+                              "(under clusters=local each client runs its own k-means); set ssl.clusters=global or "
+                              "ssl.assign=nearest")
         self.balanced, self.sk_lambda = assign == "balanced", float(sk_lambda)
         dim = self.online.backbone.out_dim
         self.head = nn.Linear(dim, self.num_clusters)
