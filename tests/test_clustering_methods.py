@@ -1,7 +1,8 @@
-"""DeepCluster and SeLa, federated with local clusters (issue 15, SPEC §8): pseudo-labels from
-seeded k-means (DeepCluster) or equal-partition Sinkhorn-Knopp (SeLa) of the client's own
-features, heads that never travel, DeepCluster's head re-initialised at every re-clustering and
-its losses weighted inversely to cluster size, and NMI per client in summary.json."""
+"""DeepCluster and SeLa, federated with local or global clusters (issue 15, SPEC §8): pseudo-labels
+from seeded k-means (DeepCluster) or equal-partition Sinkhorn-Knopp (SeLa) of the client's own
+features, heads that travel only under global clusters, DeepCluster's head re-initialised at every
+re-clustering and its losses weighted inversely to cluster size, global DeepCluster's sums and
+counts and its balanced assignment, and NMI per client in summary.json."""
 
 import json
 import subprocess
@@ -110,8 +111,11 @@ def test_bad_cluster_settings_are_refused_before_training(make_cfg, overrides, m
 
 
 @pytest.mark.parametrize("ssl", [["ssl=deepcluster"], pytest.param(["ssl=sela"], marks=pytest.mark.slow),
-                                 pytest.param(["ssl=deepcluster", "ssl.clusters=global"], marks=pytest.mark.slow)],
-                         ids=["deepcluster", "sela", "deepcluster_global"])
+                                 pytest.param(["ssl=sela", "ssl.clusters=global"], marks=pytest.mark.slow),
+                                 pytest.param(["ssl=deepcluster", "ssl.clusters=global"], marks=pytest.mark.slow),
+                                 pytest.param(["ssl=deepcluster", "ssl.clusters=global", "ssl.assign=balanced"],
+                                              marks=pytest.mark.slow)],
+                         ids=["deepcluster", "sela", "sela_global", "deepcluster_global", "deepcluster_balanced"])
 def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_dir, ssl):
     done = subprocess.run([sys.executable, "main.py", "experiment=smoke", "strategy=fedavg", *ssl,
                            "dataset=cifar10", "num_clients=2", f"data_dir={data_dir}", f"cache_dir={cache_dir}",
@@ -122,9 +126,12 @@ def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_d
     assert 0 < first["nmi_labels"] <= 1 and "nmi_previous" not in first  # no clusters before round 1
     assert 0 < second["nmi_previous"] <= 1 and 2 <= second["clusters_filled"] <= 32
     assert (tmp_path / "run" / "nmi.png").is_file()
-    if "ssl.clusters=global" in ssl:  # round 1 started the global clusters from the clients' own
+    weights = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt")["models"]["global"]
+    head = "heads.0.weight" if "ssl=sela" in ssl else "head.weight"
+    assert (head in weights) == ("ssl.clusters=global" in ssl)  # the heads are the federation's only in global
+    if "ssl=deepcluster" in ssl and "ssl.clusters=global" in ssl:  # round 1 started the global clusters from the clients' own
         assert [r["clients"]["1"]["global_clusters_started"] for r in s["rounds"]] == [0.0, 1.0]
-        centroids = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt")["models"]["global"]["clusters.centroids"]
+        centroids = weights["clusters.centroids"]
         assert centroids.shape == (32, 64) and torch.isfinite(centroids).all()
 
 
