@@ -59,8 +59,6 @@ class DeepCluster(PseudoLabelMethod):
     def __init__(self, arch="resnet18", width=1.0, num_clusters=100, recluster_every=None, kmeans_iterations=20,
                  feature_batch_size=512, clusters="local", assign="nearest", sk_lambda=25.0):
         super().__init__(arch, width, num_clusters, recluster_every, feature_batch_size, clusters)
-        if assign not in ("nearest", "balanced"):
-            raise ConfigError(f"ssl.assign must be nearest or balanced, got {assign!r}")
         if assign == "balanced" and not self.global_clusters:
             raise ConfigError("ssl.assign=balanced assigns to the federation's centroids: it needs ssl.clusters=global "
                               "(under clusters=local each client runs its own k-means); set ssl.clusters=global or "
