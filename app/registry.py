@@ -82,8 +82,7 @@ class Task:
 REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
                   Metric("knn_accuracy_bn_reestimated", "kNN (BN re-estimated)"),
                   Metric("linear_accuracy_bn_reestimated", "linear (BN re-estimated)"))
-KNN_HISTORY = Series("knn", (("accuracy", "knn_accuracy"),),
-                     optional=(("accuracy_bn_reestimated", "knn_accuracy_bn_reestimated"),))
+KNN_HISTORY = Series("knn", (("accuracy", "knn_accuracy"),), prefixed=(("accuracy_", "knn_accuracy_"),))
 
 
 def _ssl_options(cfg: dict) -> dict:
@@ -119,7 +118,8 @@ def _detection_preflight(cfg: dict) -> None:
 TASKS = {
     "ssl": Task(
         "ssl", "images", ssl_layout, ssl_round, RepresentationEvaluator, _ssl_preflight,
-        TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"),), series=KNN_HISTORY),
+        TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"), Metric("knn_accuracy_k*", "kNN, k =")),
+                    series=KNN_HISTORY),
         config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, layout_options=_ssl_options,
         client_fields=lambda cfg: getattr(METHODS.get(cfg["ssl"]["name"]), "CLIENT_FIELDS", ())),
     "reid": Task(

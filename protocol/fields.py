@@ -60,12 +60,18 @@ class Series:
     fields: tuple[tuple[str, str], ...]
     per_client: bool = False
     optional: tuple[tuple[str, str], ...] = ()  # kept when the evaluation reported them
+    # (name prefix, key prefix): every reported key that starts with the key prefix, renamed
+    # (kNN with several k: knn_accuracy_k20 -> accuracy_k20, and its *_bn_reestimated form)
+    prefixed: tuple[tuple[str, str], ...] = ()
 
     def entry(self, server_round: int, results: dict) -> dict | None:
         if not all(key in results for _, key in self.fields):
             return None
         out = {"round": server_round, **{name: results[key] for name, key in self.fields + self.optional
                                           if key in results}}
+        for name, prefix in self.prefixed:
+            out.update({name + key[len(prefix):]: value for key, value in results.items()
+                        if key.startswith(prefix) and isinstance(value, (int, float))})
         if self.per_client:
             out["per_client"] = {pid: {name: c[key] for name, key in self.fields}
                                  for pid, c in (results.get("per_client") or {}).items()}

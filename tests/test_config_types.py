@@ -32,7 +32,7 @@ def test_a_wrong_value_on_the_command_line_stops_before_anything_starts(tmp_path
     ("ssl.proj_dim=big", "ssl.proj_dim must be an integer >= 1, got 'big'"),
     ("strategy.mu=x", "strategy.mu must be a number >= 0, got 'x'"),
     ("seed=abc", "seed must be an integer >= 0, got 'abc'"),
-    ("eval.knn_k=abc", "eval.knn_k must be an integer >= 1, got 'abc'"),
+    ("eval.knn_k=abc", "eval.knn_k must be an integer >= 1 or a list of them, got 'abc'"),
     ("eval.semi_fractions=[0.5,2]", r"eval.semi_fractions must be a list of items, each in \(0, 1\]"),
     ("model.width=wide", "model.width must be a number > 0, got 'wide'"),
     ("partition=dirichlet partition.alpha=abc", "partition.alpha must be a number > 0, got 'abc'"),

@@ -1,7 +1,9 @@
 """Batched image augmentations on tensors (SPEC §1.1, FedU's reference recipe).
 
 RandomResizedCrop(32, scale 0.08-1.0), horizontal flip p=0.5, ColorJitter(0.8, 0.8, 0.8, 0.2)
-with p=0.8, grayscale p=0.2; no blur, no normalisation. Same distributions as torchvision's
+with p=0.8, grayscale p=0.2; no blur, no normalisation. The jitter strengths are a training
+option (`ssl.jitter`): the reference code's (REFERENCE_JITTER) by default, the BYOL paper's CIFAR
+strengths (0.4, 0.4, 0.2, 0.1, BYOL_JITTER) for the CPU learning preset. Same distributions as torchvision's
 per-image transforms, computed for a whole batch at once on the training device (one
 grid_sample instead of a Python loop per image). Deliberate deviation: torchvision draws a new
 order of the four jitter operations per image; here the order is drawn once per batch.
@@ -115,7 +117,13 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nijhw,njhw->nihw", a4, mask.to(x.dtype))
 
 
-def color_jitter(x: torch.Tensor, g: torch.Generator, strength=(0.8, 0.8, 0.8, 0.2), p: float = 0.8):
+# ColorJitter(brightness, contrast, saturation, hue) strengths: FedU's reference code's, and the
+# BYOL paper's (Grill et al. 2020, appendix B, Table 6), which solo-learn's CIFAR recipes also use
+REFERENCE_JITTER = (0.8, 0.8, 0.8, 0.2)
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def color_jitter(x: torch.Tensor, g: torch.Generator, strength=REFERENCE_JITTER, p: float = 0.8):
     """ColorJitter(brightness, contrast, saturation, hue) applied to each image with probability p."""
     n = x.shape[0]
     bri, con, sat, hue = strength
@@ -177,16 +185,17 @@ class View:
 TWO_VIEWS = (View(), View())
 
 
-def augment_view(x: torch.Tensor, g: torch.Generator, view: View = View()) -> torch.Tensor:
-    """One view of a float NCHW batch in [0, 1]: crop + flip, colour jitter, grayscale (SPEC §1.1)."""
+def augment_view(x: torch.Tensor, g: torch.Generator, view: View = View(), jitter=REFERENCE_JITTER) -> torch.Tensor:
+    """One view of a float NCHW batch in [0, 1]: crop + flip, colour jitter of strengths `jitter`
+    (brightness, contrast, saturation, hue), grayscale (SPEC §1.1)."""
     x = resized_crop_flip(x, view.size, g, scale=view.scale)
-    x = color_jitter(x, g)
+    x = color_jitter(x, g, tuple(jitter))
     return random_grayscale(x, g)
 
 
-def make_views(x: torch.Tensor, recipe: tuple[View, ...], g: torch.Generator) -> list[torch.Tensor]:
+def make_views(x: torch.Tensor, recipe: tuple[View, ...], g: torch.Generator, jitter=REFERENCE_JITTER) -> list[torch.Tensor]:
     """The views of a recipe, drawn in order from one generator."""
-    return [augment_view(x, g, view) for view in recipe]
+    return [augment_view(x, g, view, jitter) for view in recipe]
 
 
 def byol_view(x: torch.Tensor, g: torch.Generator, out_size: int = 32) -> torch.Tensor:

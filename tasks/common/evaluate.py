@@ -7,13 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protocol.checks import Bool, Choice, Float, Int, ListOf
+from protocol.checks import AnyOf, Bool, Choice, Float, Int, ListOf
 from tasks.common.augment import to_float
 from tasks.common.precision import Compute
 
 # eval.* (conf/config.yaml): the evaluation protocol of SPEC §4
 CONFIG = {
-    "eval.at_start": Bool(), "eval.knn_k": Int(min=1), "eval.knn_temperature": Float(above=0),
+    "eval.at_start": Bool(), "eval.knn_k": AnyOf(specs=(Int(min=1), ListOf(item=Int(min=1), min_length=1, description="a list of them"))),
+    "eval.knn_temperature": Float(above=0),
     "eval.knn_features": Choice(options=("backbone", "projector")), "eval.bank_size": Int(min=1, null=True),
     "eval.test_size": Int(min=1, null=True), "eval.linear": Bool(), "eval.linear_epochs": Int(min=1),
     "eval.linear_lr": Float(above=0), "eval.linear_batch_size": Int(min=1), "eval.batch_size": Int(min=1),
@@ -41,26 +42,46 @@ def extract_features(net: nn.Module, images: np.ndarray, device: torch.device, b
 
 
 @torch.no_grad()
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN on L2-normalised features: votes exp(cos / T) from the k nearest (SPEC §4)."""
+def knn_predict_ks(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                   ks=(200,), temperature: float = 0.1, chunk: int = 1024) -> dict[int, torch.Tensor]:
+    """Weighted kNN on L2-normalised features: votes exp(cos / T) from the k nearest (SPEC §4),
+    for every k of `ks` from one search (the neighbours of the largest k, nearest first)."""
     bank = F.normalize(bank, dim=1)
     queries = F.normalize(queries, dim=1)
-    k = min(k, len(bank))
-    preds = []
+    most = min(max(ks), len(bank))
+    preds: dict[int, list] = {k: [] for k in ks}
     for i in range(0, len(queries), chunk):
         sim = queries[i : i + chunk] @ bank.T
-        top_sim, top_idx = sim.topk(k, dim=1)
+        top_sim, top_idx = sim.topk(most, dim=1)  # sorted, nearest first
         weights = (top_sim / temperature).exp()
-        votes = torch.zeros(len(sim), num_classes)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)
-        preds.append(votes.argmax(1))
-    return torch.cat(preds)
+        for k in ks:
+            k_used = min(k, most)
+            votes = torch.zeros(len(sim), num_classes)
+            votes.scatter_add_(1, bank_labels[top_idx[:, :k_used]], weights[:, :k_used])
+            preds[k].append(votes.argmax(1))
+    return {k: torch.cat(p) for k, p in preds.items()}
+
+
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN predictions with one k (knn_predict_ks)."""
+    return knn_predict_ks(bank, bank_labels, queries, num_classes, (k,), temperature, chunk)[k]
 
 
 def knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=200, temperature=0.1) -> float:
     pred = knn_predict(bank, torch.as_tensor(bank_labels), queries, num_classes, k, temperature)
     return float((pred == torch.as_tensor(query_labels)).float().mean())
+
+
+def knn_ks(ev: dict) -> list[int]:
+    """The k values of eval.knn_k (an integer or a list); the first is the headline's."""
+    ks = ev["knn_k"]
+    return [int(k) for k in ks] if isinstance(ks, (list, tuple)) else [int(ks)]
+
+
+def knn_key(k: int, ev: dict) -> str:
+    """The result key of kNN with `k`: knn_accuracy for eval.knn_k's first, knn_accuracy_k<k> for the others."""
+    return "knn_accuracy" if k == knn_ks(ev)[0] else f"knn_accuracy_k{k}"
 
 
 def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torch.device, batch_size: int,
@@ -69,10 +90,19 @@ def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torc
     return [extract_features(net, sets[name], device, batch_size, compute) for name in names]
 
 
+def knn_scores(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: dict) -> dict[str, float]:
+    """kNN accuracy against the set's memory bank for every k of eval.knn_k, with its temperature:
+    {"knn_accuracy": first k's, "knn_accuracy_k<k>": each other k's}."""
+    ks = knn_ks(ev)
+    preds = knn_predict_ks(bank, torch.as_tensor(sets["y_bank"]), queries, sets["num_classes"], ks,
+                           float(ev["knn_temperature"]))
+    truth = torch.as_tensor(query_labels)
+    return {knn_key(k, ev): float((preds[k] == truth).float().mean()) for k in ks}
+
+
 def knn_score(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: dict) -> float:
-    """kNN accuracy against the set's memory bank with the `eval` config's k and temperature."""
-    return knn_accuracy(bank, sets["y_bank"], queries, query_labels, sets["num_classes"], int(ev["knn_k"]),
-                        float(ev["knn_temperature"]))
+    """kNN accuracy against the set's memory bank with the `eval` config's (first) k and temperature."""
+    return knn_scores(bank, queries, query_labels, sets, ev)["knn_accuracy"]
 
 
 def probe_score(bank: torch.Tensor, test: torch.Tensor, sets: dict, ev: dict, seed: int, epochs: int | None = None) -> float:

@@ -12,7 +12,7 @@ from tasks.common.evaluate import (
     class_balanced_fraction,
     features_on,
     finetune_accuracy,
-    knn_score,
+    knn_scores,
     probe_score,
     recalibrate_batchnorm,
 )
@@ -74,7 +74,7 @@ class RepresentationEvaluator:
         net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
         bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
         bank, test = features_on(net, s, names, self.device, bs, self.compute)
-        out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, self.ev)}
+        out = knn_scores(bank, test, s["y_test"], s, self.ev)
         if final and self.ev["linear"]:
             if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
                 bank, test = features_on(encoder.backbone, s, names, self.device, bs, self.compute)

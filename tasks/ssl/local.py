@@ -19,7 +19,7 @@ from tasks.common.local import LocalResult, LocalRound, kept_state
 from tasks.common.training import round_lr
 from tasks.ssl.fedema import fedema_update
 from tasks.ssl.model import build_federated_method, divergence_layers, kept_keys
-from tasks.ssl.train import train_one_round
+from tasks.ssl.train import recipe_options, train_one_round
 
 
 def local_round(r: LocalRound) -> LocalResult:
@@ -46,7 +46,7 @@ def local_round(r: LocalRound) -> LocalResult:
         method, images, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]), lr=lr,
         momentum=float(ssl["momentum"]), weight_decay=float(ssl["weight_decay"]), compute=r.compute(),
         generator=r.generator(), progress_start=(rnd - 1) / rounds, progress_span=1 / rounds, who=r.who,
-        warmup_until=int(ssl.get("warmup_rounds", 0)) / rounds,
+        warmup_until=int(ssl.get("warmup_rounds", 0)) / rounds, **recipe_options(ssl),
     )
     after = get_arrays(method, [keys[i] for i in div_idx])
     method.before_upload()

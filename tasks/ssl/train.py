@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from tasks.common.augment import augmentation_generator, make_views, to_float
+from tasks.common.augment import REFERENCE_JITTER, augmentation_generator, make_views, to_float
 from tasks.common.precision import Compute
 from tasks.common.training import check_finite, sgd_step
 from tasks.ssl.methods.base import SSLMethod
@@ -28,6 +28,8 @@ def train_one_round(
     progress_span: float,
     who: str,
     warmup_until: float = 0.0,
+    jitter: tuple[float, ...] = REFERENCE_JITTER,
+    predictor_lr_mult: float = 1.0,
 ) -> dict:
     """E epochs of SGD on uint8 NHWC `images`, each batch augmented by the method's own recipe.
 
@@ -37,13 +39,18 @@ def train_one_round(
     the loss and the updates in fp32. Raises NonFiniteLossError naming `who` on a NaN/inf loss.
     warmup_until: the share of the whole run over which the learning rate rises linearly from 0
     to `lr` (step by step; ssl.warmup_rounds / num_rounds), 0 for none.
+    jitter: the colour-jitter strengths of every view (ssl.jitter); predictor_lr_mult: the
+    predictor's learning rate as a multiple of `lr` (ssl.predictor_lr_mult, warm-up included).
     """
     n = len(images)
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{who}: {n} examples is fewer than batch_size={batch_size}; lower batch_size")
     compute.prepare(method).train()
-    opt = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    groups = method.parameter_groups(predictor_lr_mult)
+    for group in groups:
+        group["lr"] = lr * group["lr_mult"]
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scaler = compute.scaler()
     device, on_cpu = compute.device, compute.device.type == "cpu"
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # the round's images stay on the device
@@ -59,11 +66,11 @@ def train_one_round(
             at = progress_start + progress_span * done / total_steps  # this step's place in the run
             if warmup_until > 0:
                 for group in opt.param_groups:
-                    group["lr"] = lr * min(1.0, at / warmup_until)
+                    group["lr"] = lr * group["lr_mult"] * min(1.0, at / warmup_until)
             index = order[step * batch_size : (step + 1) * batch_size]
             x = to_float(data[index], device)
             with compute.step():
-                views = [compute.images(v) for v in make_views(x, method.views, aug)]
+                views = [compute.images(v) for v in make_views(x, method.views, aug, jitter)]
                 loss = method.loss(views, aug, index) if method.needs_index else method.loss(views, aug)
             # on a GPU the finiteness check waits for the epoch's end (no sync per step)
             sgd_step(opt, loss, who, epoch, step, fix, scaler, check=on_cpu)
@@ -77,3 +84,10 @@ def train_one_round(
         "train_seconds": time.perf_counter() - t0,
         "images_per_second": total_steps * batch_size / max(time.perf_counter() - t0, 1e-9),
     }
+
+
+def recipe_options(ssl_cfg: dict) -> dict:
+    """The recipe keys of the ssl section as `train_one_round` takes them (ssl.jitter,
+    ssl.predictor_lr_mult; absent keys give the reference code's recipe)."""
+    return {"jitter": tuple(float(v) for v in ssl_cfg.get("jitter", REFERENCE_JITTER)),
+            "predictor_lr_mult": float(ssl_cfg.get("predictor_lr_mult", 1.0))}

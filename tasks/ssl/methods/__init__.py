@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from protocol.checks import Choice, ConfigError, Float, Int, conform
+from protocol.checks import Choice, ConfigError, Float, Int, ListOf, conform
 from tasks.ssl.methods.base import HEAD_CONFIG, SSLMethod, SyncPlan
 from tasks.ssl.methods.byol import BYOL
 from tasks.ssl.methods.deepcluster import DeepCluster
@@ -19,7 +19,10 @@ METHODS = {"byol": BYOL, "simsiam": SimSiam, "simclr": SimCLR, "moco": MoCo, "mo
 # ssl keys read by the training loop, not by the method's constructor
 TRAINING_CONFIG = {"name": Choice(options=tuple(METHODS)), "lr": Float(above=0),
                    "lr_schedule": Choice(options=("cosine", "constant")), "momentum": Float(min=0),
-                   "weight_decay": Float(min=0), "warmup_rounds": Int(min=0)}
+                   "weight_decay": Float(min=0), "warmup_rounds": Int(min=0),
+                   "jitter": ListOf(item=Float(min=0), length=4, description="a list of 4 numbers >= 0: colour-jitter "
+                                    "brightness, contrast, saturation, hue"),
+                   "predictor_lr_mult": Float(above=0)}
 
 
 def method_config(name: str) -> dict:

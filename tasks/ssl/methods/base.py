@@ -93,3 +93,15 @@ class SSLMethod(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self, predictor_lr_mult: float = 1.0) -> list[dict]:
+        """The optimizer's parameter groups: one, or with `predictor_lr_mult` != 1 the predictor's
+        parameters apart, their learning rate that multiple of the others' (`lr_mult` in the group;
+        SimSiam's and DirectPred's observation that a faster predictor helps the BYOL family).
+        A method without a predictor has one group whatever the multiple."""
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        predictor = [p for n, p in trainable if n.startswith("predictor.")]
+        if predictor_lr_mult == 1.0 or not predictor:
+            return [{"params": [p for _, p in trainable], "lr_mult": 1.0}]
+        return [{"params": [p for n, p in trainable if not n.startswith("predictor.")], "lr_mult": 1.0},
+                {"params": predictor, "lr_mult": float(predictor_lr_mult)}]
