@@ -3,10 +3,15 @@
     python benchmarks/compare.py --dataset cifar10 --partitions classes --preset cpu --seeds 0 1 2
 
 Runs `python main.py` once per (partition, method, seed) cell, into
-<out>/<partition>/<method>/seed<k>; a cell whose summary.json says "completed" is not rerun, so
-an interrupted table resumes where it stopped. The "random_init" row evaluates the untrained
+<runs>/<partition>/<method>/seed<k> (by default outputs/benchmarks/<out's path under
+benchmarks/results>); a finished cell's summary.json is copied to
+<out>/cells/<partition>/<method>/seed<k>.json, committed with the table, and a cell found there or
+completed in its run folder is not rerun, so an interrupted table resumes where it stopped, in
+this session or a later one (an interrupted run continues with resume=). The "random_init" row evaluates the untrained
 model of each seed (`mode=evaluate checkpoint=init`). Every column is reported as the mean and
-standard deviation over the seeds finished. Writes table.md, table.json (settings, the commit and
+standard deviation over the seeds finished; next to them, the standard error of one reading
+(sqrt(p (1 - p) / test images) of the cell's own accuracy, averaged over its seeds), the noise of a
+single kNN or probe evaluation on the test set, against which the seed spread can be read. Writes table.md, table.json (settings, the commit and
 command, per-seed cells and their aggregates) and knn_rounds.png (kNN against rounds, mean with a
 band of one standard deviation, one panel per partition).
 """
@@ -67,12 +72,18 @@ PARTITION_FREE = {"centralised": "iid", "random_init": "iid"}
 # its own round 0, its linear probe minus the random-init row's of the same seed.
 COLUMNS = {
     "knn_initial": "kNN round 0", "knn": "kNN", "knn_gain": "kNN − round 0", "knn_bn_reestimated": "kNN, BN re-est.",
-    "knn_bn_reestimated_gain": "kNN, BN re-est. − round 0", "linear": "linear",
+    "knn_bn_reestimated_gain": "kNN, BN re-est. − round 0",
+    "knn_k20_bn_reestimated": "kNN k=20, BN re-est.", "knn_k20_bn_reestimated_gain": "kNN k=20, BN re-est. − round 0",
+    "linear": "linear",
     "linear_gain": "linear − random init", "linear_bn_reestimated": "linear, BN re-est.",
-    "linear_bn_reestimated_gain": "linear, BN re-est. − random init", "semi_1": "semi 1%", "semi_10": "semi 10%",
+    "linear_bn_reestimated_gain": "linear, BN re-est. − random init", "se": "SE of one reading",
+    "semi_1": "semi 1%", "semi_10": "semi 10%",
     "nmi_labels": "NMI vs labels", "nmi_previous": "NMI vs previous round",
     "wall_seconds": "wall (s)", "mb_per_round": "MB/round",
 }
+# the kNN histories a cell keeps (its summary's knn[] field -> cell key), and the panels of the plot
+SERIES = {"knn_by_round": "accuracy", "knn_bn_reestimated_by_round": "accuracy_bn_reestimated",
+          "knn_k20_bn_reestimated_by_round": "accuracy_k20_bn_reestimated"}
 
 
 # (scale, digits) of the columns that are not accuracies (fmt's default: fraction -> % with 2 digits)
@@ -87,16 +98,32 @@ def add_gains(cells: list[dict]) -> None:
     """Each cell's paired gains: over its own round 0 (kNN), over the same seed's random init (linear)."""
     init = {c["seed"]: c for c in cells if c["key"] == "random_init"}
     for c in cells:
-        start = dict(c.get("knn_bn_reestimated_by_round", [])).get(0)
         c["knn_gain"] = _minus(c["knn"], c["knn_initial"])
-        c["knn_bn_reestimated_gain"] = _minus(c["knn_bn_reestimated"], start)
+        for key in ("knn_bn_reestimated", "knn_k20_bn_reestimated"):
+            c[f"{key}_gain"] = _minus(c.get(key), dict(c.get(f"{key}_by_round", [])).get(0))
         base = init.get(c["seed"], {})
         c["linear_gain"] = _minus(c["linear"], base.get("linear"))
         c["linear_bn_reestimated_gain"] = _minus(c["linear_bn_reestimated"], base.get("linear_bn_reestimated"))
 
 
-def cell_dir(out: Path, method: str, partition: str, seed: int) -> Path:
-    return out / PARTITION_FREE.get(method, partition) / method / f"seed{seed}"
+def cell_dir(runs: Path, method: str, partition: str, seed: int) -> Path:
+    """Where a cell's run is written (under --runs)."""
+    return runs / PARTITION_FREE.get(method, partition) / method / f"seed{seed}"
+
+
+def kept_cell(out: Path, method: str, partition: str, seed: int) -> Path:
+    """Where a finished cell's summary is kept with the table (under --out/cells, committed)."""
+    return out / "cells" / PARTITION_FREE.get(method, partition) / method / f"seed{seed}.json"
+
+
+def default_runs(out: Path) -> Path:
+    """Runs of a table under benchmarks/results/X go to outputs/benchmarks/X (not committed); any other
+    --out keeps its runs beside the table, as before."""
+    results = ROOT / "benchmarks" / "results"
+    try:
+        return ROOT / "outputs" / "benchmarks" / out.resolve().relative_to(results)
+    except ValueError:
+        return out
 
 
 def launch(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -141,28 +168,41 @@ def run_resumable(out: Path, overrides: list[str]) -> dict:
 def evaluation_summary(evaluation: dict) -> dict:
     """An evaluation.json (mode=evaluate) in the shape of a run's summary: round 0 only."""
     final = evaluation["final"]
-    entry = {"round": 0, "accuracy": final["knn_accuracy"]}
-    if "knn_accuracy_bn_reestimated" in final:
-        entry["accuracy_bn_reestimated"] = final["knn_accuracy_bn_reestimated"]
+    entry = {"round": 0, **{k.replace("knn_", "", 1): v for k, v in final.items()
+                            if k.startswith("knn_accuracy") and isinstance(v, (int, float))}}
     return {"status": "completed", "initial_eval": final, "final": final, "rounds": [], "knn": [entry],
             "wall_seconds": 0.0}
 
 
 def finished_cell(method: str, partition: str, seed: int, args) -> dict | None:
-    out = cell_dir(args.out, method, partition, seed)
+    """A finished cell's summary: kept with the table, or completed in its run folder (then kept)."""
+    kept = kept_cell(args.out, method, partition, seed)
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    out = cell_dir(args.runs, method, partition, seed)
     if method in EVALUATION_ONLY:
         done = completed(out / "evaluation.json")
-        return None if done is None else evaluation_summary(done)
-    return completed(out / "summary.json")
+        done = None if done is None else evaluation_summary(done)
+    else:
+        done = completed(out / "summary.json")
+    if done is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done))
+        tmp.replace(kept)
+    return done
 
 
 def run_cell(method: str, partition: str, seed: int, args) -> dict:
-    out = cell_dir(args.out, method, partition, seed)
+    if (done := finished_cell(method, partition, seed, args)) is not None:
+        print(f"{partition}/{method}/seed{seed}: done earlier, reusing it", flush=True)
+        return done
+    out = cell_dir(args.runs, method, partition, seed)
     common = [*METHODS[method][1], f"dataset={args.dataset}", f"num_clients={args.num_clients}",
               f"experiment={args.preset}", f"seed={seed}", "wandb.mode=disabled", "progress=false", *args.extra]
     if method not in EVALUATION_ONLY:
-        return run_resumable(out, [*common, f"partition={out.parent.parent.name}"])
-    if finished_cell(method, partition, seed, args) is None:  # evaluated once, then read back
+        run_resumable(out, [*common, f"partition={out.parent.parent.name}"])
+    else:  # evaluated once, then read back
         launch_logged([sys.executable, "main.py", *common, f"output_dir={out}"], out)
     return finished_cell(method, partition, seed, args)
 
@@ -183,16 +223,26 @@ def cell(method: str, partition: str, seed: int, s: dict) -> dict:
         "method": METHODS[method][0], "key": method, "partition": partition, "seed": seed,
         "knn_initial": (s.get("initial_eval") or {}).get("knn_accuracy"),
         "knn": final.get("knn_accuracy"), "knn_bn_reestimated": final.get("knn_accuracy_bn_reestimated"),
+        "knn_k20_bn_reestimated": final.get("knn_accuracy_k20_bn_reestimated"),
         "linear": final.get("linear_accuracy"), "linear_bn_reestimated": final.get("linear_accuracy_bn_reestimated"),
+        "se": one_reading_se(final),
         "semi_1": final.get("semi_1%"), "semi_10": final.get("semi_10%"),
         "nmi_labels": last_round_client_mean(rounds, "nmi_labels"),
         "nmi_previous": last_round_client_mean(rounds, "nmi_previous"),
         "wall_seconds": s["wall_seconds"],
         "mb_per_round": sum(r["bytes_sent"] + r.get("bytes_received", 0) for r in rounds) / max(1, len(rounds)) / 1e6,
-        "knn_by_round": [(k["round"], k["accuracy"]) for k in s["knn"]],
-        "knn_bn_reestimated_by_round": [(k["round"], k["accuracy_bn_reestimated"]) for k in s["knn"]
-                                        if "accuracy_bn_reestimated" in k],
+        **{series: [(k["round"], k[field]) for k in s["knn"] if field in k] for series, field in SERIES.items()},
     }
+
+
+def one_reading_se(final: dict) -> float | None:
+    """Standard error of one accuracy reading on the test set: sqrt(p (1 - p) / n), at the run's kNN
+    accuracy (BatchNorm re-estimated where reported); None without the test set's size."""
+    p = final.get("knn_accuracy_bn_reestimated", final.get("knn_accuracy"))
+    n = final.get("test_size")
+    if p is None or not n:
+        return None
+    return (p * (1 - p) / n) ** 0.5
 
 
 def aggregate(cells: list[dict]) -> dict:
@@ -203,7 +253,7 @@ def aggregate(cells: list[dict]) -> dict:
            "seeds": [c["seed"] for c in cells]}
     for col in COLUMNS:
         row[col], row[f"{col}_std"] = mean_std([c.get(col) for c in cells])
-    for series in ("knn_by_round", "knn_bn_reestimated_by_round"):
+    for series in SERIES:
         by_seed = [dict(c.get(series, [])) for c in cells]
         rounds = sorted(set.intersection(*(set(b) for b in by_seed)))
         row[series] = [(r, *mean_std([b[r] for b in by_seed])) for r in rounds]
@@ -229,8 +279,7 @@ def markdown(rows: list[dict], args) -> str:
 def plot(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     partitions = sorted({r["partition"] for r in rows})
-    panels = [(series, part) for series in ("knn_by_round", "knn_bn_reestimated_by_round")
-              if any(r.get(series) for r in rows) for part in partitions]
+    panels = [(series, part) for series in SERIES if any(r.get(series) for r in rows) for part in partitions]
     fig, axes = plt.subplots(len(panels) // len(partitions), len(partitions), squeeze=False,
                              figsize=(7 * len(partitions), 4.5 * len(panels) // len(partitions)))
     for ax, (series, part) in zip(axes.flat, panels):
@@ -249,8 +298,9 @@ def plot(rows: list[dict], path: Path) -> None:
             line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=line.get_color(), alpha=0.15)
-        bn = "BatchNorm re-estimated" if series == "knn_bn_reestimated_by_round" else "BatchNorm as aggregated"
-        ax.set_title(f"partition={part}, {bn} (mean ± 1 std over seeds)", fontsize=10)
+        bn = "BatchNorm re-estimated" if "bn_reestimated" in series else "BatchNorm as aggregated"
+        k = "kNN k=20" if "k20" in series else "kNN"
+        ax.set_title(f"partition={part}, {k}, {bn} (mean ± 1 std over seeds)", fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel("kNN accuracy (%)")
         ax.grid(alpha=0.3)
@@ -267,9 +317,11 @@ def parse(argv=None):
     p.add_argument("--preset", default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="every cell runs once per seed")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare")
+    p.add_argument("--runs", type=Path, default=None, help="where the runs go (default: outputs/benchmarks/...)")
     p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every cell")
     p.add_argument("--report-only", action="store_true", help="write the table of the finished cells, run nothing")
     args = p.parse_args(argv)
+    args.runs = args.runs or default_runs(args.out)
     args.commit = commit()
     args.command = " ".join(["python benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)])
     return args

@@ -1,15 +1,22 @@
-"""Evidence that the methods learn (issue 14): the comparison at the CPU preset over seeds, in the
+"""Evidence that the methods learn (issues 14, 25): the comparison at a CPU preset over seeds, in the
 order that gives the most evidence first, then one table of everything finished.
 
-    python benchmarks/learning.py [--dataset cifar10] [--out benchmarks/results/learning/cifar10]
+    python benchmarks/learning.py --preset cpu_learn [--dataset cifar10]    # issue 25: 1,500 steps per client
+    python benchmarks/learning.py --preset cpu                              # issue 14: 180 steps per client
 
-1. every method of the comparison with seeds 0 and 1 (FedU, FedEMA, FedBYOL, FedSimSiam,
-   FedSimCLR, standalone, centralised, random init), `classes` partition;
-2. FedU's ablations (predictor local, sync target, sync both, scale-free DAPU) with seed 0;
-3. seed 2 of the rows the papers' claims compare (FedU, FedEMA, standalone, random init);
-4. seed 2 of the other rows (FedBYOL, FedSimSiam, FedSimCLR, centralised).
-Every step resumes (benchmarks/compare.py): rerun the command to continue; `--seeds` of the final
-table lists what is included, and the table's `n` column how many seeds each row has.
+experiment=cpu_learn (results under benchmarks/results/learning/cpu_learn/<dataset>/):
+1. FedU, FedBYOL, standalone and random init (each seed's untrained network), seeds 0, 1, 2,
+   `classes` partition, seed by seed (every row has seed 0 before any has seed 1);
+2. FedEMA, centralised and FedSimCLR, seeds 0, 1, 2;
+3. FedU with the scale-free DAPU (strategy.dapu_scale=relative), seed 0, and FedU on the `iid`
+   partition, seed 0 (the cost of 2-class clients against the cost of federation);
+with --dataset cifar100: FedU and random init, seed 0.
+experiment=cpu (issue 14, results under benchmarks/results/learning/<dataset>/): every method of the
+comparison with seeds 0 and 1, FedU's ablations with seed 0, then seed 2.
+Every step resumes (benchmarks/compare.py: finished cells are kept under <out>/cells/ and committed,
+interrupted runs continue): rerun the command to continue, in this session or a later one;
+--report-only writes the table of what finished. The table's `n` column says how many seeds each
+row has.
 """
 
 from __future__ import annotations
@@ -24,30 +31,47 @@ from compare import MAIN_METHODS, ROOT, main  # noqa: E402
 
 ABLATIONS = ["fedu_predictor_local", "fedu_sync_target", "fedu_sync_both", "fedu_dapu_relative"]
 CLAIM_ROWS = ["fedu", "fedema", "standalone", "random_init"]
-COMPARED = [m for m in MAIN_METHODS if m not in ("fedmoco", "fedswav")]  # the issue's list
+COMPARED = [m for m in MAIN_METHODS if m not in ("fedmoco", "fedswav")]  # issue 14's list
+LEARN_FIRST = ["fedu", "fedbyol", "standalone", "random_init"]  # issue 25: three seeds before anything else
+LEARN_NEXT = ["fedema", "centralised", "fedsimclr"]
 
 
-def plan(dataset: str) -> list[tuple[list[str], list[int]]]:
+def plan(dataset: str, preset: str) -> list[tuple[list[str], list[int], str]]:
+    """(methods, seeds, partition) steps, the most evidence first."""
+    if preset == "cpu_learn":
+        if dataset != "cifar10":
+            return [(["fedu", "random_init"], [0], "classes")]
+        return [(LEARN_FIRST, [0, 1, 2], "classes"), (LEARN_NEXT, [0, 1, 2], "classes"),
+                (["fedu_dapu_relative"], [0], "classes"), (["fedu"], [0], "iid")]
     if dataset != "cifar10":
-        return [(["fedu", "fedbyol", "standalone", "random_init"], [0])]
-    return [(COMPARED, [0, 1]), (ABLATIONS, [0]), (CLAIM_ROWS, [2]), ([m for m in COMPARED if m not in CLAIM_ROWS], [2])]
+        return [(["fedu", "fedbyol", "standalone", "random_init"], [0], "classes")]
+    return [(COMPARED, [0, 1], "classes"), (ABLATIONS, [0], "classes"), (CLAIM_ROWS, [2], "classes"),
+            ([m for m in COMPARED if m not in CLAIM_ROWS], [2], "classes")]
+
+
+def default_out(dataset: str, preset: str) -> Path:
+    learning = ROOT / "benchmarks" / "results" / "learning"
+    return learning / "cpu_learn" / dataset if preset == "cpu_learn" else learning / dataset
 
 
 def run(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "cpu_learn"])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    out = args.out or ROOT / "benchmarks" / "results" / "learning" / args.dataset
-    common = ["--dataset", args.dataset, "--partitions", "classes", "--preset", "cpu", "--out", str(out)]
-    steps = plan(args.dataset)
+    out = args.out or default_out(args.dataset, args.preset)
+    common = ["--dataset", args.dataset, "--preset", args.preset, "--out", str(out)]
+    steps = plan(args.dataset, args.preset)
     if not args.report_only:
-        for methods, seeds in steps:
-            main([*common, "--methods", *methods, "--seeds", *map(str, seeds)])
-    methods = [m for m in [*COMPARED, *ABLATIONS] if any(m in ms for ms, _ in steps)]
-    seeds = sorted({s for _, ss in steps for s in ss})
-    main([*common, "--methods", *methods, "--seeds", *map(str, seeds), "--report-only"])
+        for methods, seeds, partition in steps:
+            main([*common, "--partitions", partition, "--methods", *methods, "--seeds", *map(str, seeds)])
+    known = [*LEARN_FIRST, *LEARN_NEXT, *COMPARED, *ABLATIONS]
+    methods = [m for m in dict.fromkeys(known) if any(m in ms for ms, _, _ in steps)]
+    seeds = sorted({s for _, ss, _ in steps for s in ss})
+    partitions = list(dict.fromkeys(part for _, _, part in steps))
+    main([*common, "--partitions", *partitions, "--methods", *methods, "--seeds", *map(str, seeds), "--report-only"])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def knn_predict_ks(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch
                    ks=(200,), temperature: float = 0.1, chunk: int = 1024) -> dict[int, torch.Tensor]:
     """Weighted kNN on L2-normalised features: votes exp(cos / T) from the k nearest (SPEC §4),
     for every k of `ks` from one search (the neighbours of the largest k, nearest first)."""
+    ks = list(dict.fromkeys(int(k) for k in ks))
     bank = F.normalize(bank, dim=1)
     queries = F.normalize(queries, dim=1)
     most = min(max(ks), len(bank))
