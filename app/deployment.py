@@ -41,7 +41,7 @@ def server_federation(context) -> Federation:
         return cfg, cfg.get("output_dir") or str(Path("outputs") / f"deployment-run-{context.run_id}")
 
     cfg, out_dir, resume_state = run_config(shlex.split(str(context.run_config.get("overrides", ""))), fresh)
-    return prepare(cfg, out_dir, resume_state)
+    return prepare(cfg, out_dir, resume_state, deployed=True)
 
 
 def _server_main(grid, context) -> None:

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from app.audit import UpdateAudit
-from app.registry import not_constructor_args, task_of
+from app.registry import STRATEGY_META, not_constructor_args, task_of
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
 from app.schema import clients_per_round, validate
@@ -31,7 +31,9 @@ from clients.task_client import TaskClient
 from protocol.checks import ConfigError
 from protocol.hooks import ServerHooks
 from protocol.layout import Layout
+from strategies.trust import ExampleLimits
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
+from tasks.common.federated_data import partitions
 from tasks.common.precision import compute_for
 from tasks.common.training import resolve_device
 
@@ -89,11 +91,30 @@ def build_layout(cfg: dict) -> tuple[Layout, list]:
     return task.layout(cfg, task.layout_options(cfg))
 
 
+def _nested_targets(node, prefix: str) -> list[str]:
+    if isinstance(node, dict):
+        return [f"{prefix}.{k}" for k in node if k == "_target_"] + [
+            t for k, v in node.items() for t in _nested_targets(v, f"{prefix}.{k}")]
+    if isinstance(node, (list, tuple)):
+        return [t for i, v in enumerate(node) for t in _nested_targets(v, f"{prefix}[{i}]")]
+    return []
+
+
 def strategy_class(cfg: dict):
-    """The strategy's constructor with its config arguments bound (`_target_` + conf/strategy keys)."""
+    """The strategy's constructor with its config arguments bound (`_target_` + conf/strategy keys).
+
+    `_target_` must name one of the project's strategy classes (app/registry.STRATEGY_TARGETS) and
+    is checked before anything is imported or built; its arguments are passed as plain values
+    (no nested `_target_`: Hydra would call whatever it names)."""
+    key = "strategy._target_"
+    target = STRATEGY_META[key].check(cfg["strategy"].get("_target_"), key)
     node = {k: v for k, v in cfg["strategy"].items() if k not in not_constructor_args()}
+    nested = [t for k, v in node.items() for t in _nested_targets(v, f"strategy.{k}")]
+    if nested:
+        raise ConfigError(f"{nested[0]}: a strategy's arguments are plain values; only {key} names a class "
+                          f"(one of {list(STRATEGY_META[key].options)})")
     try:
-        return instantiate({"_target_": cfg["strategy"]["_target_"], **node}, _partial_=True, _convert_="all")
+        return instantiate({"_target_": target, **node}, _partial_=True, _convert_="all", _recursive_=False)
     except InstantiationException as err:
         raise ConfigError(f"strategy={cfg['strategy']['name']}: cannot build {cfg['strategy']['_target_']} "
                           f"({err.__cause__ or err})") from err
@@ -113,15 +134,35 @@ class Federation:
     strategy: object
     report: RunReport
     resume_state: dict | None = None
+    deployed: bool = False
 
     def server_components(self, context=None) -> ServerAppComponents:
         if self.resume_state is not None:  # the random streams continue where the saved run stopped
             set_rng_states(self.resume_state["rng"])
-        return ServerAppComponents(strategy=self.strategy, config=server_config(self.cfg, self.resume_state))
+        return ServerAppComponents(strategy=self.strategy,
+                                   config=server_config(self.cfg, self.resume_state, self.deployed))
 
 
-def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | None = None) -> Federation:
-    """Check everything that can be checked before training, and build the server side."""
+DEPLOYMENT_ROUND_TIMEOUT = 3600.0  # seconds: round_timeout=null in a deployment (a silent node must not stall it)
+
+
+def example_limits(cfg: dict, task, deployed: bool) -> ExampleLimits:
+    """How many examples each client may claim (strategies/trust.py): in simulation of an image task
+    the partitions' own sizes (the server computes them as the clients do); else trust.max_examples
+    for every site, or, with none, claims capped at trust.examples_ratio x the round's median."""
+    trust = cfg.get("trust") or {}
+    maximum, ratio = trust.get("max_examples", "auto"), float(trust.get("examples_ratio", 4.0))
+    if maximum != "auto":
+        return ExampleLimits(maximum=int(maximum), ratio=ratio)
+    if not deployed and task.data_kind == "images":
+        return ExampleLimits(per_partition={pid: len(p) for pid, p in enumerate(partitions(cfg))}, ratio=ratio)
+    return ExampleLimits(ratio=ratio)
+
+
+def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | None = None,
+            deployed: bool = False) -> Federation:
+    """Check everything that can be checked before training, and build the server side
+    (`deployed`: for SuperNodes, whose data the server may not hold)."""
     validate(cfg)
     task = task_of(cfg)
     task.preflight(cfg)
@@ -157,13 +198,16 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         eval_at_start=bool(cfg["eval"]["at_start"]), seed=int(cfg["seed"]),
         norm_bound=None if cfg.get("norm_bound") is None else float(cfg["norm_bound"]),
         checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state,
-        transfer_dtype=str(cfg.get("transfer_dtype", "float32")))
-    return Federation(cfg, strategy, report, resume_state)
+        transfer_dtype=str(cfg.get("transfer_dtype", "float32")), example_limits=example_limits(cfg, task, deployed),
+        client_timeout=float((cfg.get("trust") or {}).get("client_timeout", 600.0)))
+    return Federation(cfg, strategy, report, resume_state, deployed)
 
 
-def server_config(cfg: dict, resume_state: dict | None = None) -> ServerConfig:
+def server_config(cfg: dict, resume_state: dict | None = None, deployed: bool = False) -> ServerConfig:
     done = resume_state["round"] if resume_state else 0  # Flower counts the remaining rounds from 1
     timeout = cfg.get("round_timeout")
+    if timeout is None and deployed:
+        timeout = DEPLOYMENT_ROUND_TIMEOUT
     return ServerConfig(num_rounds=cfg["num_rounds"] - done, round_timeout=None if timeout is None else float(timeout))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import strategies
 import tasks.detection
 import tasks.reid
 import tasks.sdr
@@ -141,8 +142,19 @@ TASKS = {
         config=tasks.detection.CONFIG, layout_options=detection_options, local_evaluate=detection_evaluate),
 }
 
+def strategy_targets() -> tuple[str, ...]:
+    """The `_target_` values a config may name: the strategy classes the strategies package exports
+    (`strategies.__all__`, its base and every subclass of it), each by its defining module's path.
+    Nothing else is ever built from a config (a `_target_` is a Python callable: os.system would do)."""
+    exported = (getattr(strategies, name) for name in strategies.__all__)
+    return tuple(sorted(f"{c.__module__}.{c.__qualname__}" for c in exported
+                        if isinstance(c, type) and issubclass(c, strategies.FedSSL)))
+
+
+STRATEGY_TARGETS = strategy_targets()
+
 # strategy.* keys that describe the strategy to this registry, not arguments of its constructor
-STRATEGY_META = {"strategy._target_": Text(), "strategy.name": Text(),
+STRATEGY_META = {"strategy._target_": Choice(options=STRATEGY_TARGETS), "strategy.name": Text(),
                  "strategy.tasks": ListOf(item=Choice(options=tuple(TASKS)), min_length=1),
                  "strategy.methods": ListOf(item=Choice(options=tuple(METHODS)))}
 

@@ -4,7 +4,9 @@ Every `checkpoint_every` rounds the server writes `<run dir>/state/server.pt` at
 the round, the global weights, the strategy's state (per-client divergences, decisions, ...),
 the results so far, the random-number states and the W&B run id. Clients write their own
 local state next to it (clients/state_store.py) — in a deployment, on their own machines.
-`python main.py resume=<run dir>` continues from the last complete round.
+`python main.py resume=<run dir>` continues from the last complete round. The file holds tensors
+and plain values only (tasks/common/checkpoint.plain) and loads with weights_only=True; a state
+written by an older version (pickled NumPy objects) is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import numpy as np
 import torch
 
 from app.config import key_of, override_value, recompose
-from tasks.common.checkpoint import CheckpointError, load_file, save_atomic
+from tasks.common.checkpoint import CheckpointError, UntrustedFileError, load_file, plain, save_atomic, unplain
 
 NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
-FORMAT = "fedssl-state-v1"
+FORMAT = "fedssl-state-v2"  # v1 pickled NumPy objects: refused (it does not load with weights_only=True)
+OLDER_FORMATS = ("fedssl-state-v1",)
 STATE_FILE = Path("state") / "server.pt"
 # Keys a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "round_timeout", "faults",
@@ -29,11 +32,14 @@ RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "rou
 
 
 def rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The three random streams as plain values: Python's state tuple, NumPy's legacy state as a
+    dict (its key an array, saved as a tensor) and torch's state tensor."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(legacy=False), "torch": torch.get_rng_state()}
 
 
 def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
 
@@ -47,7 +53,7 @@ def save_state(out_dir: Path, server_round: int, cfg: dict, fingerprint: str, ar
         "arrays": [np.asarray(a) for a in arrays], "strategy_state": strategy_state,
         "summary": summary, "rng": rng_states(), "wandb_run_id": summary.get("wandb", {}).get("run_id"),
     }
-    return save_atomic(payload, path)
+    return save_atomic(plain(payload, "the federation state"), path)
 
 
 def load_state(run_dir: str | Path) -> dict:
@@ -57,13 +63,18 @@ def load_state(run_dir: str | Path) -> dict:
         raise CheckpointError(f"resume: no federation state at {path}{hint}; "
                               f"give resume=<the output directory of a run that saved a checkpoint>")
     try:
-        payload = load_file(path, weights_only=False)
+        payload = load_file(path, "resume: the federation state")
+    except UntrustedFileError as err:
+        raise UntrustedFileError(f"{err}; it cannot be resumed with this version, start a new run") from None
     except Exception as err:
         raise CheckpointError(f"resume: {path} is corrupt or truncated ({type(err).__name__}: {err}); "
                               f"it cannot be resumed, start a new run") from err
+    if isinstance(payload, dict) and payload.get("format") in OLDER_FORMATS:
+        raise CheckpointError(f"resume: {path} was written by an older version of this project "
+                              f"({payload['format']}); it cannot be resumed with this version, start a new run")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"resume: {path} is not a federation state ({FORMAT}) file")
-    return payload
+    return unplain(payload)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -25,6 +25,8 @@ RUN = {
     "output_dir": Text(null=True), "eval_every": Int(min=0), "norm_bound": Float(above=0, null=True),
     "round_timeout": Float(above=0, null=True, unit="seconds"), "checkpoint_every": Int(min=0),
     "audit_updates": Bool(),
+    "trust.max_examples": AnyOf(specs=(Choice(options=("auto",)), Int(min=1))),
+    "trust.examples_ratio": Float(min=1), "trust.client_timeout": Float(above=0, unit="seconds"),
     "resume": Text(null=True), "mode": Choice(options=("train", "route", "evaluate")), "checkpoint": Text(null=True),
     "faults.client_raise": PAIRS, "faults.client_hang": PAIRS, "faults.hang_seconds": Float(min=0),
     "faults.nan_update": PAIRS, "faults.wrong_shape_update": PAIRS, "faults.exit_after_round": Int(min=1, null=True),

@@ -13,13 +13,17 @@ Per-round protocol, shared by every strategy:
   go on with the clients that are: a chosen client whose node is offline (a SuperNode that was
   stopped or crashed) is recorded as failed for that round, and takes part again once it is back;
 - every client gets its own Instructions in its fit config: nothing else tells it what to do;
-- every update is checked (count, shapes, finite values, norm bound) before it can be averaged in;
+- nothing a client sends is trusted (strategies/trust.py): its metrics, arrays, example count and
+  claimed partition are checked, and a bad value rejects that update for the round, never the run;
+  a node's partition is bound at its first contact; a client's own fatal error ends its
+  participation; only the server stops a run (too few valid updates, an invalid aggregate);
+- updates are combined by `robust` (protocol/robust.py: the weighted mean, or clipped, trimmed or
+  median rules against a hostile client); the aggregate is checked before it becomes the model;
 - failures and rejected updates are recorded with who, round and why.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,7 +34,6 @@ from flwr.common import (
     EvaluateIns,
     FitIns,
     FitRes,
-    GetPropertiesIns,
     Parameters,
     log,
     ndarrays_to_parameters,
@@ -40,15 +43,18 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from protocol.checks import Bool, Choice
+from protocol.checks import Bool, Choice, Float
 from protocol.hooks import RunStopped, ServerHooks
 from protocol.instructions import Instructions
 from protocol.layout import Layout
-from protocol.transfer import TRANSFER_DTYPES, decode, encode
-from protocol.weights import NDArrays, weighted_average
+from protocol.robust import RULES, combine
+from protocol.transfer import TRANSFER_DTYPES, encode
+from protocol.weights import NDArrays
 from strategies.cluster_merge import merge_clusters
 from strategies.failures import NOT_CONNECTED, TrackedClient, error_text, failed_partition
 from strategies.site_evaluation import merge_site_reports
+from strategies.intake import collect_updates, learn_partition_ids, screen_reports
+from strategies.trust import ExampleLimits, IdentityBook, aggregate_problem
 
 
 class FedSSL(FedAvg):
@@ -65,7 +71,9 @@ class FedSSL(FedAvg):
                  num_clients: int, fraction_fit: float = 1.0, min_fit_clients: int = 1, eval_every: int = 10,
                  eval_at_start: bool = False, seed: int = 0, norm_bound: float | None = None,
                  checkpoint_every: int = 0, resume_from: dict | None = None, name: str = "fedavg",
-                 pool_clients: bool = False, transfer_dtype: str = "float32"):
+                 pool_clients: bool = False, transfer_dtype: str = "float32", robust: str = "none",
+                 clip_norm: float | None = None, trim_fraction: float = 0.2,
+                 example_limits: ExampleLimits | None = None, client_timeout: float = 600.0):
         super().__init__(fraction_fit=fraction_fit, fraction_evaluate=0.0, min_fit_clients=min_fit_clients,
                          min_evaluate_clients=0, min_available_clients=num_clients,
                          initial_parameters=ndarrays_to_parameters(initial_arrays), accept_failures=True)
@@ -75,6 +83,15 @@ class FedSSL(FedAvg):
         self.num_rounds, self.num_clients, self.seed = num_rounds, num_clients, seed
         self.eval_every, self.eval_at_start, self.norm_bound = eval_every, eval_at_start, norm_bound
         self.checkpoint_every = checkpoint_every
+        self.robust = Choice(options=RULES).check(robust, "strategy.robust")
+        self.clip_norm = Float(above=0, null=True).check(clip_norm, "strategy.clip_norm")
+        self.trim_fraction = Float(min=0, max=0.49).check(trim_fraction, "strategy.trim_fraction")
+        self.limits = example_limits or ExampleLimits()
+        self.client_timeout = float(client_timeout)
+        self.global_arrays = [np.asarray(a) for a in initial_arrays]  # what the clients receive (the server's fp32)
+        self.identity = IdentityBook(num_clients)
+        self.retired: dict[int, str] = {}  # partition id -> the fatal error that ended its participation
+        self.identity_notes: list[dict] = []  # refusals and re-bindings seen while sampling, for the round's record
         self.pid_of: dict[str, int] = {}  # Flower node id -> partition id
         self.participated: set[int] = set()
         self.record: dict = {}
@@ -94,25 +111,18 @@ class FedSSL(FedAvg):
     def state_dict(self) -> dict:
         """Everything the strategy remembers across rounds, as plain Python/NumPy values.
         Subclasses extend it; node ids are not kept (they change when a federation restarts)."""
-        return {"participated": sorted(self.participated), "run_token": self.run_token}
+        return {"participated": sorted(self.participated), "run_token": self.run_token,
+                "identity": self.identity.state(), "retired": {str(p): e for p, e in sorted(self.retired.items())}}
 
     def load_state_dict(self, state: dict) -> None:
         self.participated = set(int(p) for p in state["participated"])
         self.run_token = str(state.get("run_token") or self.run_token)  # states saved before it existed: a new one
+        self.identity.load(state.get("identity", {}))
+        self.retired = {int(p): str(e) for p, e in state.get("retired", {}).items()}
 
     # ---------------------------------------------------------------- client selection
     def _learn_partition_ids(self, clients: Sequence[ClientProxy]) -> None:
-        unknown = [c for c in clients if c.cid not in self.pid_of]
-        if not unknown:
-            return
-
-        def ask(c: ClientProxy) -> tuple[str, int]:
-            res = c.get_properties(GetPropertiesIns(config={}), timeout=None, group_id=0)
-            return c.cid, int(res.properties["partition_id"])
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            for cid, pid in pool.map(ask, unknown):
-                self.pid_of[cid] = pid
+        learn_partition_ids(self, clients)
 
     def sample_clients(self, server_round: int, client_manager: ClientManager) -> list[ClientProxy]:
         """Seeded choice of partition ids: the same clients every rerun of the same round. Chosen
@@ -127,8 +137,8 @@ class FedSSL(FedAvg):
         n = max(1, min(self.num_clients, int(round(self.num_clients * self.fraction_fit))))
         rng = np.random.default_rng([self.seed, server_round])
         pids = [int(p) for p in np.sort(rng.choice(self.num_clients, size=n, replace=False))]
-        self.absent = [p for p in pids if p not in by_pid]
-        return [by_pid[p] for p in pids if p in by_pid]
+        self.absent = [p for p in pids if p not in by_pid or p in self.retired]
+        return [by_pid[p] for p in pids if p in by_pid and p not in self.retired]
 
     def instructions(self, server_round: int, pid: int) -> Instructions:
         """What client `pid` is told this round; subclasses change what they decide."""
@@ -160,8 +170,13 @@ class FedSSL(FedAvg):
         self.record = {"round": server_round, "selected": selected,
                        "bytes_sent": 0 if self.pool_clients else sent, "clients": {}, "failures": [], "rejected": []}
         for pid in self.absent:
-            self.record["failures"].append({"partition_id": pid, "round": server_round, "error": NOT_CONNECTED})
-            log(WARNING, "round %s: client %s: %s", server_round, pid, NOT_CONNECTED)
+            error = f"left the federation: {self.retired[pid]}" if pid in self.retired else NOT_CONNECTED
+            self.record["failures"].append({"partition_id": pid, "round": server_round, "error": error})
+            log(WARNING, "round %s: client %s: %s", server_round, pid, error)
+        for note in self.identity_notes:
+            (self.record["rejected"] if "reason" in note else self.record.setdefault("identity", [])).append(
+                {**note, "round": server_round})
+        self.identity_notes = []
         self.hooks.round_started(server_round, len(chosen))
         return instructions
 
@@ -172,70 +187,26 @@ class FedSSL(FedAvg):
         return ndarrays_to_parameters(encode(parameters_to_ndarrays(parameters), self.transfer_dtype))
 
     # ---------------------------------------------------------------- aggregation
-    def _reject(self, arrays: NDArrays, num_examples: int) -> str | None:
-        """Why an update cannot be averaged in, or None."""
-        why = self.layout.check(arrays)
-        if why is None and self.norm_bound is not None:
-            norm = float(np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays)))
-            if norm > self.norm_bound:
-                why = f"update norm {norm:.4g} exceeds norm_bound {self.norm_bound}"
-        if why is None and num_examples <= 0:
-            why = f"num_examples = {num_examples}"
-        return why
-
     def _collect(self, server_round: int, results, failures) -> list[tuple[int, NDArrays, int, dict]]:
-        """Valid updates sorted by partition id; failures and rejections recorded."""
-        rec = self.record
-        received = sum(sum(len(t) for t in r.parameters.tensors) for _, r in results)
-        rec["bytes_received"] = 0 if self.pool_clients else received
-        for f in failures:
-            pid = failed_partition(f, self.pid_of)
-            rec["failures"].append({"partition_id": pid, "round": server_round, "error": error_text(f)})
-            log(WARNING, "round %s: client %s failed: %s", server_round, pid, error_text(f))
-        updates = []
-        for proxy, res in results:
-            metrics = dict(res.metrics)
-            pid = int(metrics.get("partition_id", self.pid_of.get(proxy.cid, -1)))
-            self.pid_of[proxy.cid] = pid
-            if "fatal_error" in metrics:
-                raise RunStopped(str(metrics["fatal_error"]))
-            arrays = []
-            try:
-                arrays = decode(parameters_to_ndarrays(res.parameters), self.layout.wire_dtypes(), self.transfer_dtype)
-                why = self._reject(arrays, res.num_examples)
-            except ValueError as err:
-                why = str(err)
-            res.parameters.tensors.clear()  # decoded: its serialised copy is not needed again (memory at scale)
-            if self.hooks.audit is not None:
-                self.hooks.audit.update(server_round, pid, arrays, res.num_examples, why)
-            if why is not None:
-                rec["rejected"].append({"partition_id": pid, "round": server_round, "reason": why})
-                log(WARNING, "round %s: update of client %s rejected: %s", server_round, pid, why)
-                continue
-            updates.append((pid, arrays, res.num_examples, metrics))
-            self.participated.add(pid)
-        updates.sort(key=lambda u: u[0])
-        for pid, _, n, metrics in updates:
-            rec["clients"][str(pid)] = {
-                "loss": float(metrics.get("loss", float("nan"))), "num_examples": int(n),
-                "train_seconds": float(metrics.get("train_seconds", 0.0)),
-                "images_per_second": float(metrics.get("images_per_second", 0.0)),
-                **({"lr": float(metrics["lr"])} if "lr" in metrics else {}),  # the round's (peak) learning rate
-                # where its local state came from: kept, restored:<round> (after a restart), new
-                **({"state": str(metrics["state"])} if "state" in metrics else {}),
-                **{k: metrics[k] for k in self.layout.client_metrics if k in metrics},  # the task's own
-            }
-        if len(updates) < max(1, self.min_fit_clients):
-            errors = "; ".join(f"client {f['partition_id']}: {f['error']}" for f in rec["failures"])
-            errors += "; ".join(f"client {r['partition_id']}: {r['reason']}" for r in rec["rejected"])
-            raise RunStopped(f"round {server_round}: only {len(updates)} valid updates, min_fit_clients is "
-                             f"{self.min_fit_clients} ({errors or 'no client answered'})")
-        losses = [(float(m.get("loss", np.nan)), n) for _, _, n, m in updates]
-        rec["train_loss"] = float(sum(l * n for l, n in losses) / sum(n for _, n in losses))
-        return updates
+        """Valid updates sorted by partition id; failures, retirements and rejections recorded."""
+        return collect_updates(self, server_round, results, failures)
+
+    def combine(self, updates, weights: list[float] | None = None) -> NDArrays:
+        """The updates combined by the run's robust rule (protocol/robust.py), weighted by `weights`
+        (default: the clients' example counts, capped where the server knows no limit: ExampleLimits)."""
+        if weights is None:
+            weights, capped = self.limits.weights([u[0] for u in updates], [u[2] for u in updates])
+            if capped:
+                self.record["capped"] = capped
+        aggregated, info = combine(self.robust, [u[1] for u in updates], weights, self.global_arrays,
+                                   self.clip_norm, self.trim_fraction)
+        if "clip_scales" in info:
+            self.record["clip_bound"] = info["clip_bound"]
+            self.record["clipped"] = [u[0] for u, s in zip(updates, info["clip_scales"]) if s < 1.0]
+        return aggregated
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
-        return merge_clusters(self.layout, weighted_average([u[1] for u in updates], [u[2] for u in updates]), updates,
+        return merge_clusters(self.layout, self.combine(updates), updates,
                               self.seed, server_round)  # global clusters: federated k-means, not a mean
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
@@ -243,12 +214,17 @@ class FedSSL(FedAvg):
         try:
             updates = self._collect(server_round, results, failures)
             aggregated = self.aggregate_updates(server_round, updates)
+            why = aggregate_problem(aggregated, self.layout)
+            if why is not None:
+                raise RunStopped(f"round {server_round}: the aggregate is not a valid model ({why}); the global "
+                                 f"model stays that of round {server_round - 1}")
             if self.hooks.audit is not None:
                 self.hooks.audit.aggregate(server_round, aggregated)
         except RunStopped as err:
             self.record["fatal_error"] = str(err)
             self.hooks.report(self.record)
             raise
+        self.global_arrays = aggregated
         self.record["fit_seconds"] = time.perf_counter() - self._round_start
         return ndarrays_to_parameters(aggregated), {"train_loss": self.record["train_loss"]}
 
@@ -312,8 +288,8 @@ class FedSSL(FedAvg):
     def aggregate_evaluate(self, server_round: int, results, failures):
         record, final, persist, arrays, t0 = self.pending_eval
         self.pending_eval = None
-        reports = {int(res.metrics["partition_id"]): (int(res.num_examples), dict(res.metrics)) for _, res in results}
-        lost = [{"partition_id": failed_partition(f, self.pid_of), "error": error_text(f)} for f in failures]
+        reports, refused = screen_reports(self, results)
+        lost = [{"partition_id": failed_partition(f, self.pid_of), "error": error_text(f)} for f in failures] + refused
         record["eval"] = merge_site_reports(reports, lost, final)
         record["eval_seconds"] = time.perf_counter() - t0
         self._close(record, True, persist, arrays)

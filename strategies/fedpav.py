@@ -20,7 +20,7 @@ from flwr.common import log
 from protocol.checks import Bool, ConfigError, Int
 from protocol.fields import ClientField, RoundField
 from protocol.instructions import Instructions
-from protocol.weights import NDArrays, weighted_average
+from protocol.weights import NDArrays
 from strategies.base import FedSSL
 
 
@@ -60,7 +60,7 @@ class FedPav(FedSSL):
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
         weights = self.aggregation_weights(updates)
-        aggregated = weighted_average([u[1] for u in updates], weights)
+        aggregated = self.combine(updates, weights)
         total = sum(weights)
         for (pid, arrays, _, metrics), w in zip(updates, weights):
             entry = self.record["clients"][str(pid)]

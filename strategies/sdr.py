@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.checks import ConfigError
-from protocol.weights import NDArrays, weighted_average
+from protocol.weights import NDArrays
 from strategies.base import FedSSL
 
 
@@ -35,7 +35,7 @@ class FedSDR(FedSSL):
         return out
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
-        aggregated = weighted_average([u[1] for u in updates], [u[2] for u in updates])
+        aggregated = self.combine(updates)
         samples = {pid: self.group_samples(m) for pid, _, _, m in updates}
         by_group: dict[str, dict] = {}
         for index, start, stop, block, group in self.layout.regions:

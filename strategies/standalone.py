@@ -22,6 +22,9 @@ class Standalone(FedSSL):
         if kwargs["layout"].global_clusters:
             raise ConfigError("ssl.clusters=global makes the clusters the federation's, but strategy=standalone "
                               "aggregates nothing; use ssl.clusters=local, or strategy=fedavg")
+        if kwargs.get("robust", "none") != "none":
+            raise ConfigError(f"strategy.robust={kwargs['robust']} chooses how updates are combined, but "
+                              "strategy=standalone combines nothing; drop strategy.robust")
         self.latest: dict[int, NDArrays] = {}
         super().__init__(**kwargs)
         self.initial_arrays = [a.copy() for a in kwargs["initial_arrays"]]

@@ -150,12 +150,26 @@ def test_too_few_valid_updates_stops_the_run_with_the_reason():
     assert "fatal_error" in rec.records[-1]
 
 
-def test_non_finite_loss_reported_by_a_client_stops_the_run():
+def test_a_clients_fatal_error_ends_its_participation_not_the_run():
     strategy, cm, proxies, _ = make(FedSSL)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     bad = result(proxies[1], [], 0, fatal_error="client 1, round 1: non-finite loss (nan)")
-    with pytest.raises(RunStopped, match="client 1, round 1: non-finite loss"):
-        strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), bad], [])
+    params, _ = strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), bad, result(proxies[2], upd(3, 3), 10)], [])
+    assert np.allclose(parameters_to_ndarrays(params)[0], 2.0)  # the round goes on with the others
+    assert strategy.record["failures"] == [{"partition_id": 1, "round": 1,
+                                            "error": "left the federation: client 1, round 1: non-finite loss (nan)"}]
+    ins = strategy.configure_fit(2, params, cm)  # not asked again, recorded as failed
+    assert sorted(strategy.pid_of[c.cid] for c, _ in ins) == [0, 2]
+    assert "left the federation" in strategy.record["failures"][0]["error"]
+    assert strategy.state_dict()["retired"] == {"1": "round 1: client 1, round 1: non-finite loss (nan)"}
+
+
+def test_the_server_stops_the_run_when_every_client_has_left_naming_their_error():
+    strategy, cm, proxies, _ = make(FedSSL)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    bad = [result(p, [], 0, fatal_error=f"client {p.pid}, round 1: non-finite loss (nan)") for p in proxies]
+    with pytest.raises(RunStopped, match="^client 0, round 1: non-finite loss .*only 0 valid updates"):
+        strategy.aggregate_fit(1, bad, [])
 
 
 def test_standalone_sends_weights_once_and_evaluates_each_client():
@@ -224,9 +238,45 @@ def test_a_node_offline_at_the_start_of_a_round_is_recorded_and_the_round_goes_o
     params, _ = strategy.aggregate_fit(2, [result(proxies[0], upd(1.0, 1.0), 10),
                                            result(proxies[2], upd(3.0, 3.0), 30)], [])
     assert np.allclose(parameters_to_ndarrays(params)[0], 2.5)  # (1*10 + 3*30) / 40: only who answered
-    # restarted: a new node id for partition 1, while its old id is still listed (heartbeat not yet expired)
-    reborn = FakeProxy("node-7", 1)
+    # back with its own node id (a SuperNode keeps its id: Flower binds it to the node's key)
     cm.register(proxies[1])
-    cm.register(reborn)
     ins = strategy.configure_fit(3, strategy.initial_parameters, cm)
-    assert [p.cid for p, _ in ins] == ["node-100", "node-7", "node-98"] and not strategy.record["failures"]
+    assert [p.cid for p, _ in ins] == ["node-100", "node-99", "node-98"] and not strategy.record["failures"]
+
+
+def test_a_partition_is_bound_to_the_node_that_first_claimed_it():
+    """Identity (issue 26): a second node claiming a served partition, a node changing its claim, a claim
+    outside the partitions and a node that cannot say are refused by name; a partition whose node is
+    gone passes to the node that claims it (recorded), and the binding survives a resume."""
+    strategy, cm, proxies, rec = make(FedSSL, num_clients=3)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    thief, negative, mute = FakeProxy("node-7", 1), FakeProxy("node-6", -1), FakeProxy("node-5", 0)
+    mute.get_properties = lambda ins, timeout, group_id: (_ for _ in ()).throw(TimeoutError("no answer"))
+    for p in (thief, negative, mute):
+        cm.register(p)
+    ins = strategy.configure_fit(2, strategy.initial_parameters, cm)
+    assert [p.cid for p, _ in ins] == ["node-100", "node-99", "node-98"]
+    reasons = {r["node"]: r["reason"] for r in strategy.record["rejected"]}
+    assert reasons["node-7"] == "node node-7 claims partition 1, which node node-99 serves"
+    assert reasons["node-6"] == "node node-6 claims partition -1, outside 0-2"
+    assert reasons["node-5"].startswith("node node-5 did not say which partition it serves (TimeoutError: no answer")
+    # the bound node answers under another partition's id: its update is refused, the others are used
+    params, _ = strategy.aggregate_fit(2, [result(proxies[0], upd(1, 1), 10),
+                                           (proxies[1], result(proxies[2], upd(9, 9), 10)[1]),
+                                           result(proxies[2], upd(3, 3), 10)], [])
+    assert np.allclose(parameters_to_ndarrays(params)[0], 2.0)
+    assert strategy.record["rejected"][-1]["reason"] == "reports partition 2, but its node serves partition 1"
+    # its node is gone: the partition passes to the node that claims it, and the binding is saved
+    for p in (proxies[1], negative, mute):
+        cm.unregister(p)
+    ins = strategy.configure_fit(3, strategy.initial_parameters, cm)
+    assert [p.cid for p, _ in ins] == ["node-100", "node-7", "node-98"]
+    assert strategy.record["identity"][0]["note"] == "partition 1 passed from node node-99 (gone) to node node-7"
+    saved = strategy.state_dict()["identity"]
+    assert saved == {"0": "node-100", "1": "node-7", "2": "node-98"}
+    # resumed: node-100, node-99 (back, claiming partition 1 again) and node-98 connect, beside node-7
+    resumed, cm2, _, _ = make(FedSSL, num_clients=3, resume_from={"round": 3, "strategy_state": strategy.state_dict()})
+    cm2.register(thief)
+    resumed.configure_fit(1, resumed.initial_parameters, cm2)
+    assert {r["node"]: r["reason"] for r in resumed.record["rejected"]} == {
+        "node-99": "node node-99 claims partition 1, which node node-7 serves"}
