@@ -12,14 +12,13 @@ Per-round protocol, shared by every strategy:
 - a run's first round (also after a resume) waits until every client is connected; later rounds
   go on with the clients that are: a chosen client whose node is offline (a SuperNode that was
   stopped or crashed) is recorded as failed for that round, and takes part again once it is back;
-- every client gets its own Instructions in its fit config: nothing else tells it what to do;
+- every client gets its own Instructions in its fit config;
 - nothing a client sends is trusted (strategies/trust.py): its metrics, arrays, example count and
   claimed partition are checked, and a bad value rejects that update for the round, never the run;
   a node's partition is bound at its first contact; a client's own fatal error ends its
   participation; only the server stops a run (too few valid updates, an invalid aggregate);
-- updates are combined by `robust` (protocol/robust.py: the weighted mean, or clipped, trimmed or
-  median rules against a hostile client); the aggregate is checked before it becomes the model;
-- failures and rejected updates are recorded with who, round and why.
+- updates are combined by `robust` (protocol/robust.py) or, with DP, clipped and noised (protocol/privacy.py);
+  the aggregate is checked before it becomes the model; failures and rejections are recorded (who, round, why).
 """
 
 from __future__ import annotations
@@ -43,10 +42,12 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from protocol.checks import Bool, Choice, Float
+from protocol.checks import Bool, Choice, ConfigError, Float
 from protocol.hooks import RunStopped, ServerHooks
 from protocol.instructions import Instructions
 from protocol.layout import Layout
+from protocol.fields import RoundField
+from protocol.privacy import dp_mean, gaussian_epsilon
 from protocol.robust import RULES, combine
 from protocol.transfer import TRANSFER_DTYPES, encode
 from protocol.weights import NDArrays
@@ -65,7 +66,7 @@ class FedSSL(FedAvg):
     """
 
     CLIENT_FIELDS: tuple = ()  # protocol.fields.ClientField: per-client values this strategy records
-    ROUND_FIELDS: tuple = ()  # protocol.fields.RoundField: round-level values it records
+    ROUND_FIELDS: tuple = (RoundField("dp_epsilon", "DP epsilon", fmt=".3f"),)  # round-level values it records
 
     def __init__(self, *, layout: Layout, hooks: ServerHooks, initial_arrays: NDArrays, num_rounds: int,
                  num_clients: int, fraction_fit: float = 1.0, min_fit_clients: int = 1, eval_every: int = 10,
@@ -73,7 +74,8 @@ class FedSSL(FedAvg):
                  checkpoint_every: int = 0, resume_from: dict | None = None, name: str = "fedavg",
                  pool_clients: bool = False, transfer_dtype: str = "float32", robust: str = "none",
                  clip_norm: float | None = None, trim_fraction: float = 0.2,
-                 example_limits: ExampleLimits | None = None, client_timeout: float = 600.0):
+                 example_limits: ExampleLimits | None = None, client_timeout: float = 600.0,
+                 dp_noise_multiplier: float | None = None, dp_clip: float = 1.0, dp_delta: float = 1e-5):
         super().__init__(fraction_fit=fraction_fit, fraction_evaluate=0.0, min_fit_clients=min_fit_clients,
                          min_evaluate_clients=0, min_available_clients=num_clients,
                          initial_parameters=ndarrays_to_parameters(initial_arrays), accept_failures=True)
@@ -87,6 +89,12 @@ class FedSSL(FedAvg):
         self.clip_norm = Float(above=0, null=True).check(clip_norm, "strategy.clip_norm")
         self.trim_fraction = Float(min=0, max=0.49).check(trim_fraction, "strategy.trim_fraction")
         self.limits = example_limits or ExampleLimits()
+        self.dp = (Float(above=0, null=True).check(dp_noise_multiplier, "strategy.dp_noise_multiplier"),
+                   Float(above=0).check(dp_clip, "strategy.dp_clip"), Float(above=0, max=1).check(dp_delta, "strategy.dp_delta"))
+        self.dp_rounds = 0  # rounds whose aggregate was noised: the privacy spent so far
+        if self.dp[0] is not None and (robust != "none" or layout.sum_merge or layout.regions):
+            raise ConfigError("strategy.dp_noise_multiplier adds noise to a clipped mean of the updates; it cannot be "
+                              "combined with strategy.robust, global clusters or SDR's groups (README \"Trust\")")
         self.client_timeout = float(client_timeout)
         self.global_arrays = [np.asarray(a) for a in initial_arrays]  # what the clients receive (the server's fp32)
         self.identity = IdentityBook(num_clients)
@@ -112,13 +120,15 @@ class FedSSL(FedAvg):
         """Everything the strategy remembers across rounds, as plain Python/NumPy values.
         Subclasses extend it; node ids are not kept (they change when a federation restarts)."""
         return {"participated": sorted(self.participated), "run_token": self.run_token,
-                "identity": self.identity.state(), "retired": {str(p): e for p, e in sorted(self.retired.items())}}
+                "identity": self.identity.state(), "retired": {str(p): e for p, e in sorted(self.retired.items())},
+                "dp_rounds": self.dp_rounds}
 
     def load_state_dict(self, state: dict) -> None:
         self.participated = set(int(p) for p in state["participated"])
         self.run_token = str(state.get("run_token") or self.run_token)  # states saved before it existed: a new one
         self.identity.load(state.get("identity", {}))
         self.retired = {int(p): str(e) for p, e in state.get("retired", {}).items()}
+        self.dp_rounds = int(state.get("dp_rounds", 0))
 
     # ---------------------------------------------------------------- client selection
     def _learn_partition_ids(self, clients: Sequence[ClientProxy]) -> None:
@@ -194,6 +204,8 @@ class FedSSL(FedAvg):
     def combine(self, updates, weights: list[float] | None = None) -> NDArrays:
         """The updates combined by the run's robust rule (protocol/robust.py), weighted by `weights`
         (default: the clients' example counts, capped where the server knows no limit: ExampleLimits)."""
+        if self.dp[0] is not None:
+            return self.private_mean(updates)
         if weights is None:
             weights, capped = self.limits.weights([u[0] for u in updates], [u[2] for u in updates])
             if capped:
@@ -204,6 +216,18 @@ class FedSSL(FedAvg):
             self.record["clip_bound"] = info["clip_bound"]
             self.record["clipped"] = [u[0] for u, s in zip(updates, info["clip_scales"]) if s < 1.0]
         return aggregated
+
+    def private_mean(self, updates) -> NDArrays:
+        """The clipped, noised mean of the updates over the round's selected clients (protocol/privacy.py)."""
+        z, clip, delta = self.dp
+        rng = np.random.default_rng([self.seed, self.record["round"], 26])
+        out, info = dp_mean([u[1] for u in updates], self.global_arrays, clip, z, len(self.record["selected"]), rng)
+        self.dp_rounds += 1
+        eps, order = gaussian_epsilon(self.dp_rounds, z, delta)
+        self.record["dp_epsilon"] = eps
+        self.record["dp"] = {"epsilon": eps, "delta": delta, "order": order, "noise_multiplier": z, "clip": clip,
+                             "rounds": self.dp_rounds, "clipped": [u[0] for u, s in zip(updates, info["clip_scales"]) if s < 1]}
+        return out
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
         return merge_clusters(self.layout, self.combine(updates), updates,

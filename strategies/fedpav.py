@@ -36,6 +36,9 @@ class FedPav(FedSSL):
         super().__init__(**kwargs)
         if self.kd and self.hooks.distill is None:
             raise ConfigError("strategy.kd=true needs server-side distillation, which this task does not offer")
+        if self.dp[0] is not None and (self.cdw or self.kd):
+            raise ConfigError("strategy.dp_noise_multiplier bounds each client's share of an equal-weight mean; "
+                              "strategy.cdw and strategy.kd weigh or distil the raw uploads: turn them off for DP")
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "latest": dict(self.latest)}

@@ -22,6 +22,9 @@ class Standalone(FedSSL):
         if kwargs["layout"].global_clusters:
             raise ConfigError("ssl.clusters=global makes the clusters the federation's, but strategy=standalone "
                               "aggregates nothing; use ssl.clusters=local, or strategy=fedavg")
+        if kwargs.get("dp_noise_multiplier") is not None:
+            raise ConfigError("strategy.dp_noise_multiplier noises the aggregate, but strategy=standalone aggregates "
+                              "nothing; drop it")
         if kwargs.get("robust", "none") != "none":
             raise ConfigError(f"strategy.robust={kwargs['robust']} chooses how updates are combined, but "
                               "strategy=standalone combines nothing; drop strategy.robust")
