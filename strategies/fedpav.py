@@ -26,7 +26,7 @@ from strategies.base import FedSSL
 
 class FedPav(FedSSL):
     CLIENT_FIELDS = (ClientField("weight", "weights", fmt=".2f"),)
-    ROUND_FIELDS = (RoundField("kd_loss", "KD loss", fmt=".4f"),)
+    ROUND_FIELDS = (*FedSSL.ROUND_FIELDS, RoundField("kd_loss", "KD loss", fmt=".4f"))
 
     def __init__(self, *, cdw: bool = False, kd: bool = False, kd_every: int = 10, **kwargs):
         self.latest: dict[int, NDArrays] = {}  # every client's latest upload: the KD teachers

@@ -183,3 +183,22 @@ def test_every_averaging_strategy_takes_the_robust_option_and_standalone_refuses
         make(FedSSL, robust="mean")
     with pytest.raises(ConfigError, match="strategy=standalone combines nothing"):
         make(Standalone, robust="median")
+
+
+def test_the_server_knows_each_partitions_size_in_simulation_and_caps_claims_in_a_deployment(make_cfg):
+    from app.federation import DEPLOYMENT_ROUND_TIMEOUT, example_limits, server_config
+    from app.registry import task_of
+    from tasks.common.federated_data import partitions
+
+    cfg = make_cfg("num_clients=3")
+    sizes = {pid: len(p) for pid, p in enumerate(partitions(cfg))}
+    limits = example_limits(cfg, task_of(cfg), deployed=False)
+    assert limits.per_partition == sizes and limits.problem(0, sizes[0]) is None
+    assert "exceeds" in limits.problem(0, sizes[0] + 1)
+    deployed = example_limits(cfg, task_of(cfg), deployed=True)  # sites may hold their own data
+    assert deployed.per_partition == {} and deployed.problem(0, 10**9) is None
+    assert deployed.weights([0, 1, 2], [10, 10, 10**9]) == ([10.0, 10.0, 40.0], [2])
+    fixed = example_limits(make_cfg("num_clients=3", "trust.max_examples=500"), task_of(cfg), deployed=True)
+    assert "exceeds the 500" in fixed.problem(1, 501)
+    assert server_config(cfg, deployed=True).round_timeout == DEPLOYMENT_ROUND_TIMEOUT
+    assert server_config(cfg).round_timeout is None
