@@ -32,7 +32,7 @@ from compare import MAIN_METHODS, ROOT, main  # noqa: E402
 ABLATIONS = ["fedu_predictor_local", "fedu_sync_target", "fedu_sync_both", "fedu_dapu_relative"]
 CLAIM_ROWS = ["fedu", "fedema", "standalone", "random_init"]
 COMPARED = [m for m in MAIN_METHODS if m not in ("fedmoco", "fedswav")]  # issue 14's list
-LEARN_FIRST = ["fedu", "fedbyol", "standalone", "random_init"]  # issue 25: three seeds before anything else
+LEARN_FIRST = ["random_init", "fedu", "fedbyol", "standalone"]  # issue 25: three seeds before anything else
 LEARN_NEXT = ["fedema", "centralised", "fedsimclr"]
 
 
