@@ -9,6 +9,7 @@ here; an SSL method checks its own arguments (tasks/ssl/methods), a strategy its
 from __future__ import annotations
 
 from app.registry import STRATEGY_META, TASKS
+from clients.faults import HostilePairs
 from protocol.checks import AnyOf, Bool, Choice, ConfigError, Float, Int, ListOf, Matches, Text, conform
 from protocol.transfer import TRANSFER_DTYPES
 from tasks.common import data, evaluate, models, partition, precision
@@ -30,6 +31,7 @@ RUN = {
     "resume": Text(null=True), "mode": Choice(options=("train", "route", "evaluate")), "checkpoint": Text(null=True),
     "faults.client_raise": PAIRS, "faults.client_hang": PAIRS, "faults.hang_seconds": Float(min=0),
     "faults.nan_update": PAIRS, "faults.wrong_shape_update": PAIRS, "faults.exit_after_round": Int(min=1, null=True),
+    "faults.hostile": HostilePairs(),  # [partition_id, attack] pairs, the attack checked against clients/faults.ATTACKS
     "client_resources.num_cpus": AnyOf(specs=(Choice(options=("auto",)), Int(min=1))),
     "client_resources.num_gpus": AnyOf(specs=(Choice(options=("auto",)), Float(min=0))),
     "ray.address": Text(null=True), "wandb.mode": Choice(options=("offline", "online", "disabled")),

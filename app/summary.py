@@ -121,7 +121,7 @@ class SummarySchema:
         if record.get("failures"):
             parts.append(f"FAILED clients {[f['partition_id'] for f in record['failures']]}")
         if record.get("rejected"):
-            parts.append(f"REJECTED {[r['partition_id'] for r in record['rejected']]}")
+            parts.append(f"REJECTED {[_who(r) for r in record['rejected']]}")
         if record.get("fatal_error"):
             parts.append(f"STOPPED: {record['fatal_error']}")
         return " | ".join(parts)
@@ -163,3 +163,9 @@ class SummarySchema:
 def fail(summary: dict, error: str) -> None:
     summary["status"] = "failed"
     summary["error"] = error
+
+
+def _who(rejected: dict):
+    """A rejected answer's partition id, or its node where no partition was bound (a refused claim)."""
+    pid = rejected.get("partition_id")
+    return pid if pid is not None else f"node {rejected.get('node')}"

@@ -85,7 +85,7 @@ class Soak:
     def saved_round(self) -> int:
         path = self.run_dir / "state" / "server.pt"
         try:
-            return int(load_file(path, weights_only=False)["round"]) if path.is_file() else 0
+            return int(load_file(path)["round"]) if path.is_file() else 0
         except Exception:  # noqa: BLE001 - being replaced as it is read
             return 0
 

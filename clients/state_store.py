@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.common.checkpoint import load_file, save_atomic
+from tasks.common.checkpoint import UntrustedFileError, load_file, plain, save_atomic, unplain
 
 _FILE = re.compile(r"^round-(\d+)\.pt$")
 MARKER = "session.json"
@@ -43,8 +43,8 @@ def save(folder: Path, server_round: int, kept: dict[str, torch.Tensor], info: d
     """Write what the client keeps after `server_round`; prune files made obsolete by the
     checkpoint at round `keep_from` (keep the newest one <= keep_from and everything after it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    plain = {"arrays": {WEIGHTS: kept}, "configs": {INFO: dict(info)}, "metrics": {}}
-    path = save_atomic(plain, folder / f"round-{server_round}.pt")
+    payload = plain({"arrays": {WEIGHTS: kept}, "configs": {INFO: dict(info)}, "metrics": {}}, "client state")
+    path = save_atomic(payload, folder / f"round-{server_round}.pt")  # loads with weights_only=True
     older = [r for r in rounds_on_disk(folder) if r <= keep_from]
     for r in older[:-1]:
         (folder / f"round-{r}.pt").unlink(missing_ok=True)
@@ -55,8 +55,10 @@ def load(folder: Path, server_round: int) -> tuple[dict[str, torch.Tensor], dict
     """(kept weights, notes) saved after `server_round`."""
     path = folder / f"round-{server_round}.pt"
     try:
-        plain = load_file(path, weights_only=True)
-        return plain["arrays"][WEIGHTS], dict(plain["configs"][INFO])
+        payload = unplain(load_file(path, "client state"))
+        return payload["arrays"][WEIGHTS], dict(payload["configs"][INFO])
+    except UntrustedFileError as err:
+        raise ClientStateError(f"{err}; delete it to restart this client from the global model") from None
     except Exception as err:
         raise ClientStateError(f"client state {path} is missing or corrupt ({type(err).__name__}: {err}); "
                                f"delete it to restart this client from the global model") from err

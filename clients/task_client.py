@@ -23,7 +23,7 @@ from flwr.common import log
 
 from clients import faults, state_store
 from protocol.instructions import Instructions
-from protocol.transfer import decode, encode
+from protocol.transfer import decode
 from tasks.common.local import LocalResult, LocalRound
 from tasks.common.memory import release_memory
 from tasks.common.training import NonFiniteLossError, use_threads
@@ -44,12 +44,15 @@ class TaskClient(NumPyClient):
         self.state_dir = Path(root) / str(self.pid) if root else None
 
     def get_properties(self, config):
-        return {"partition_id": self.pid}
+        faults_cfg, num_clients = self.cfg.get("faults") or {}, self.cfg.get("num_clients", 1)
+        return {"partition_id": faults.claimed_partition(faults_cfg, self.pid, num_clients)}
 
     def fit(self, parameters, config):
         ins = Instructions.from_config(config)
         rnd = int(ins.server_round)
-        faults.before_training(self.cfg.get("faults") or {}, self.pid, rnd)
+        injected = faults.before_training(self.cfg.get("faults") or {}, self.pid, rnd)
+        if injected is not None:  # a hostile client's answer without training (faults.hostile)
+            return injected
         use_threads(self.threads)
         kept, info, source = self._kept(ins)
         try:
@@ -61,8 +64,10 @@ class TaskClient(NumPyClient):
         info.update({"rounds_trained": int(info.get("rounds_trained", 0)) + 1, "last_round": rnd,
                      "session": ins.session})
         self._persist(out, info, ins)
-        upload = encode(faults.corrupt(self.cfg.get("faults") or {}, out.upload, self.pid, rnd), ins.transfer_dtype)
-        num_examples, metrics = out.num_examples, {"partition_id": self.pid, "state": source, **out.metrics}
+        upload, num_examples, metrics = faults.hostile_reply(  # as is, unless faults.hostile names this client
+            self.cfg.get("faults") or {}, self.pid, rnd, self.cfg.get("num_clients", 1),
+            faults.corrupt(self.cfg.get("faults") or {}, out.upload, self.pid, rnd), received,
+            out.num_examples, {"partition_id": self.pid, "state": source, **out.metrics}, ins.transfer_dtype)
         del out, kept, received
         release_memory()  # this round's model, optimizer and states are gone: give their pages back
         return upload, num_examples, metrics

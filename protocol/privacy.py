@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from protocol.weights import NDArrays
+from protocol.weights import NDArrays, as_layer
 
 ORDERS = tuple([1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128.0, 256.0, 512.0, 1024.0])
 
@@ -52,9 +52,9 @@ def dp_mean(updates: Sequence[NDArrays], global_arrays: NDArrays, clip: float, n
     for i, (g, f) in enumerate(zip(global_arrays, floating)):
         if f:
             total = sum(d[i] for d in deltas) + rng.normal(0.0, std, size=g.shape)
-            out.append((g.astype(np.float64) + total / denominator).astype(g.dtype))
+            out.append(as_layer(g.astype(np.float64) + total / denominator, g.dtype))
         else:
-            out.append(np.rint(np.mean([u[i].astype(np.float64) for u in updates], axis=0)).astype(g.dtype))
+            out.append(as_layer(np.mean([u[i].astype(np.float64) for u in updates], axis=0), g.dtype))
     return out, {"update_norms": norms, "clip_scales": scales, "noise_std_of_sum": std}
 
 

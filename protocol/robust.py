@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from protocol.weights import NDArrays, weighted_average
+from protocol.weights import NDArrays, as_layer, weighted_average
 
 RULES = ("none", "clip", "trimmed_mean", "median")
 
@@ -50,7 +50,7 @@ def clipped_mean(updates: Sequence[NDArrays], weights: Sequence[float], global_a
         clipped.append([g.astype(np.float64) + s * (a.astype(np.float64) - g.astype(np.float64))
                         if np.issubdtype(a.dtype, np.floating) else a for a, g in zip(arrays, global_arrays)])
     mean = weighted_average(clipped, weights)
-    out = [m.astype(a.dtype) for m, a in zip(mean, updates[0])]
+    out = [as_layer(m, a.dtype) for m, a in zip(mean, updates[0])]
     return out, {"clip_bound": bound, "update_norms": norms, "clip_scales": scales}
 
 
@@ -59,8 +59,7 @@ def _coordinatewise(updates: Sequence[NDArrays], reduce) -> NDArrays:
     for layer in zip(*updates):
         stacked = np.stack([a.astype(np.float64) for a in layer])
         value = reduce(stacked)
-        dtype = layer[0].dtype
-        out.append(np.rint(value).astype(dtype) if np.issubdtype(dtype, np.integer) else value.astype(dtype))
+        out.append(as_layer(value, layer[0].dtype))
     return out
 
 

@@ -31,9 +31,20 @@ def weighted_average(updates: Sequence[NDArrays], weights: Sequence[float]) -> N
         acc = np.zeros(layer[0].shape, dtype=np.float64)
         for wk, arr in zip(w, layer):
             acc += wk * arr
-        dtype = layer[0].dtype
-        out.append(np.rint(acc).astype(dtype) if np.issubdtype(dtype, np.integer) else acc.astype(dtype))
+        out.append(as_layer(acc, layer[0].dtype))
     return out
+
+
+def as_layer(value, dtype) -> np.ndarray:
+    """`value` as an ndarray of `dtype`, integers rounded; a 0-d result stays a 0-d array.
+
+    NumPy turns 0-d arithmetic (BatchNorm's num_batches_tracked) into scalars; the aggregate's
+    check accepts arrays only, so every combining rule ends here.
+    """
+    value = np.asarray(value)
+    if np.issubdtype(dtype, np.integer):
+        value = np.rint(value)
+    return np.asarray(value, dtype=dtype)
 
 
 def layer_divergences(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> tuple[float, float]:

@@ -6,7 +6,7 @@ that its file keeps to the round's protocol."""
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from logging import WARNING
 
 import numpy as np
@@ -37,10 +37,16 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
     connected = {c.cid for c in clients}
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(ask, unknown))
+    contested = contested_claims(s.identity, answers, connected)
     for cid, claimed, failed in answers:
-        pid, refused, note = (None, failed, None) if failed else s.identity.claim(cid, claimed, connected)
+        if failed:
+            pid, refused, note = None, failed, None
+        elif isinstance(claimed, (int, np.integer)) and int(claimed) in contested:
+            pid, refused, note = None, contested[int(claimed)], None
+        else:
+            pid, refused, note = s.identity.claim(cid, claimed, connected)
         if pid is None:
-            s.identity_notes.append({"node": cid, "reason": refused})
+            s.identity_notes.append({"node": cid, "partition_id": None, "reason": refused})
             log(WARNING, "%s", refused)
             continue
         for other in [n for n, p in s.pid_of.items() if p == pid]:
@@ -48,6 +54,22 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
         if note:
             s.identity_notes.append({"node": cid, "partition_id": pid, "note": note})
         s.pid_of[cid] = pid
+
+
+def contested_claims(identity, answers, connected: set[str]) -> dict[int, str]:
+    """{partition: refusal} for partitions that two or more new nodes claim at once while neither of
+    them nor any connected node holds it: first contact cannot tell the site from an impostor, so
+    none is bound (each is refused and recorded) until one node alone claims it."""
+    claimants: dict[int, list[str]] = {}
+    for cid, claimed, failed in answers:
+        if not failed and isinstance(claimed, (int, np.integer)) and not isinstance(claimed, bool):
+            claimants.setdefault(int(claimed), []).append(cid)
+    out = {}
+    for pid, nodes in claimants.items():
+        owner = identity.node_of.get(pid)
+        if len(nodes) > 1 and owner not in nodes and owner not in connected:
+            out[pid] = f"nodes {', '.join(sorted(nodes))} all claim partition {pid}: none is bound while more than one does"
+    return out
 
 
 def update_problem(s, pid: int, arrays: NDArrays, num_examples) -> str | None:
@@ -66,7 +88,7 @@ def screen(s, server_round: int, proxy: ClientProxy, res: FitRes) -> tuple[int |
     """(partition id, decoded arrays, metrics, why rejected) of one answer; a fatal error the client
     reported retires it (its participation ends)."""
     pid = s.pid_of.get(proxy.cid)
-    metrics = dict(res.metrics) if isinstance(res.metrics, dict) else {}
+    metrics = dict(res.metrics) if isinstance(res.metrics, Mapping) else {}
     why = "its node serves no bound partition" if pid is None else metrics_problem(metrics)
     claimed = metrics.get("partition_id", pid)
     if why is None and claimed != pid:
@@ -139,7 +161,7 @@ def screen_reports(s, results) -> tuple[dict[int, tuple[int, dict]], list[dict]]
     reports, refused = {}, []
     for proxy, res in results:
         pid = s.pid_of.get(proxy.cid)
-        metrics = dict(res.metrics) if isinstance(res.metrics, dict) else {}
+        metrics = dict(res.metrics) if isinstance(res.metrics, Mapping) else {}
         why = "its node serves no bound partition" if pid is None else metrics_problem(metrics)
         if why is None and metrics.get("partition_id", pid) != pid:
             why = f"reports partition {metrics.get('partition_id')!r}, but its node serves partition {pid}"

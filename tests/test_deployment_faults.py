@@ -95,7 +95,7 @@ def test_the_server_killed_after_round_2_resumes_through_the_deployment_equal_to
     def saved_round():
         path = run_dir / "state" / "server.pt"
         try:
-            return load_file(path, weights_only=False)["round"] if path.is_file() else 0
+            return load_file(path)["round"] if path.is_file() else 0
         except Exception:  # noqa: BLE001 - being replaced as we read
             return 0
 

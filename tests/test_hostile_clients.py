@@ -108,9 +108,57 @@ def test_a_node_without_a_partition_id_or_whose_properties_fail_is_left_out():
     cm.register(silent)
     ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
     assert [p.cid for p, _ in ins] == ["node-100", "node-99", "node-98"]
-    assert strategy.record["rejected"] == [{"node": "node-9", "round": 1,
+    assert strategy.record["rejected"] == [{"node": "node-9", "partition_id": None, "round": 1,
                                             "reason": "node node-9 claims partition None, not an integer"}]
     assert asked == [600.0]  # get_properties has a timeout (trust.client_timeout)
+
+
+def test_two_new_nodes_claiming_one_partition_are_both_left_out_until_one_alone_claims_it():
+    """First contact cannot tell a site from an impostor: neither is bound while both claim partition 1;
+    the round goes on with the others, and the console line names the refused nodes."""
+    from app.registry import TASKS
+    from app.summary import SummarySchema
+
+    strategy, cm, proxies, _ = make(FedSSL, num_clients=3)
+    cm.register(FakeProxy("node-7", 1))  # claims the partition node-99 serves, on the same first contact
+    ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
+    assert sorted(strategy.pid_of[p.cid] for p, _ in ins) == [0, 2]
+    refused = strategy.record["rejected"]
+    assert [(r["node"], r["partition_id"]) for r in refused] == [("node-99", None), ("node-7", None)]
+    assert "nodes node-7, node-99 all claim partition 1" in refused[0]["reason"]
+    strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), result(proxies[2], upd(3, 3), 10)], [])
+    line = SummarySchema(TASKS["ssl"].metrics).progress_line(strategy.record, 3)
+    assert "REJECTED ['node node-99', 'node node-7']" in line
+    cm.unregister(next(c for c in cm.all().values() if c.cid == "node-7"))  # the impostor goes
+    ins = strategy.configure_fit(2, strategy.initial_parameters, cm)
+    assert sorted(strategy.pid_of[p.cid] for p, _ in ins) == [0, 1, 2] and strategy.pid_of["node-99"] == 1
+
+
+def test_metrics_arrive_as_flowers_config_record_and_are_still_checked():
+    """Flower 1.41 hands metrics over as a ConfigRecord (a Mapping, not a dict): they are read and screened."""
+    from flwr.common import ConfigRecord
+
+    strategy, cm, proxies, _ = make(FedSSL)
+    strategy.configure_fit(1, strategy.initial_parameters, cm)
+    answers = []
+    for p, v, loss in [(proxies[0], 1, 2.0), (proxies[1], 9, 1.0), (proxies[2], 3, 4.0)]:
+        metrics = ConfigRecord({"partition_id": p.pid, "loss": loss, **({"divergence_reference": -1.0} if v == 9 else {})})
+        answers.append((p, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(upd(v, v)), 10, metrics)))
+    strategy.aggregate_fit(1, answers, [])
+    assert strategy.record["train_loss"] == pytest.approx(3.0)  # clients 0 and 2 (loss read, not NaN)
+    assert "must be in [0, inf]" in strategy.record["rejected"][0]["reason"]
+
+
+@pytest.mark.parametrize("rule", ["none", "clip", "trimmed_mean", "median"])
+def test_every_rule_keeps_a_0d_counter_an_array(rule):
+    """BatchNorm's num_batches_tracked is a 0-d int64 array: every rule returns it as one (NumPy's 0-d
+    arithmetic gives scalars, which the aggregate check refuses)."""
+    g = [np.zeros(2, np.float32), np.array(4, np.int64)]
+    ups = [[np.full(2, v, np.float32), np.array(n, np.int64)] for v, n in [(1, 5), (2, 6), (3, 9)]]
+    out, _ = combine(rule, ups, [1, 1, 1], g, trim_fraction=0.2)
+    assert isinstance(out[1], np.ndarray) and out[1].shape == () and out[1].dtype == np.int64
+    assert int(out[1]) == {"none": 7, "clip": 7, "trimmed_mean": 7, "median": 6}[rule]
+    assert isinstance(out[0], np.ndarray) and out[0].dtype == np.float32
 
 
 def test_fedpav_distances_out_of_range_are_refused():

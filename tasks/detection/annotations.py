@@ -12,6 +12,10 @@ Images without objects are allowed (zero boxes).
   images under `<root>/images/` (or `<root>/<split>/`, or `<root>`); boxes are [x, y, w, h];
   category ids are mapped to 1..C in the order of the file's `categories`; crowd regions are left
   out (the COCO evaluation ignores them too).
+
+An image name in an annotation (VOC `<filename>`, an id of the split's listing, COCO `file_name`)
+must resolve inside the dataset's root (the VOC folder; the COCO root): `../`, an absolute path or
+a symlink that leads elsewhere is refused with the annotation file, the name and the root.
 """
 
 from __future__ import annotations
@@ -51,6 +55,21 @@ def check_boxes(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int], nu
             raise DataError(f"{where}: {box} lies outside its {w}x{h} image")
 
 
+def inside_root(root: Path, folder: Path, name: str, where: str, kind: str = "image") -> Path:
+    """`folder / name` when it resolves inside `root` (symlinks followed), else a DataError that
+    names the file `where` that gave the name, the name and the root."""
+    base = root.resolve()
+    if Path(name).is_absolute():
+        raise DataError(f"{where}: {kind} name {name!r} is an absolute path; an annotation may only name "
+                        f"files inside the dataset root {base}")
+    candidate = folder / name
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(base):
+        raise DataError(f"{where}: {kind} name {name!r} resolves to {resolved}, outside the dataset root {base}; "
+                        f"an annotation may only name files inside it")
+    return candidate
+
+
 def _sample(image: Path, boxes: list, labels: list, size: tuple[int, int], num_classes: int, where: str) -> Sample:
     if not image.is_file():
         raise DataError(f"{where}: its image {image} does not exist")
@@ -88,7 +107,7 @@ def read_voc(root: str | Path, split: str = "trainval", classes: tuple[str, ...]
     index = {name: i + 1 for i, name in enumerate(classes)}
     samples = []
     for image_id in listing.read_text().split():
-        path = voc / "Annotations" / f"{image_id}.xml"
+        path = inside_root(voc, voc / "Annotations", f"{image_id}.xml", str(listing), "annotation")
         try:
             tree = ET.parse(path).getroot()
         except (OSError, ET.ParseError) as err:
@@ -108,7 +127,8 @@ def read_voc(root: str | Path, split: str = "trainval", classes: tuple[str, ...]
             xmin, ymin, xmax, ymax = (_voc_number(bb, t, str(path)) for t in ("xmin", "ymin", "xmax", "ymax"))
             boxes.append((xmin - 1, ymin - 1, xmax, ymax))
             labels.append(index[name])
-        image = voc / "JPEGImages" / (tree.findtext("filename") or f"{image_id}.jpg")
+        image = inside_root(voc, voc / "JPEGImages", (tree.findtext("filename") or "").strip() or f"{image_id}.jpg",
+                            str(path))
         samples.append(_sample(image, boxes, labels, hw, len(classes), str(path)))
     return samples
 
@@ -123,8 +143,11 @@ def _coco_file(root: Path, split: str) -> Path:
     raise DataError(f"{root}: no COCO instances file (expected annotations/instances_{split}.json)")
 
 
-def _coco_image(root: Path, split: str, name: str) -> Path:
-    for folder in (root / "images", root / split, root):
+def _coco_image(root: Path, split: str, name: str, where: str) -> Path:
+    folders = (root / "images", root / split, root)
+    for folder in folders:
+        inside_root(root, folder, name, where)  # from every folder it may be looked up in, before any lookup
+    for folder in folders:
         if (folder / name).is_file():
             return folder / name
     return root / "images" / name
@@ -174,8 +197,9 @@ def read_coco(root: str | Path, split: str = "train", classes: tuple[str, ...] |
         objects = per_image[image_id]
         for box, label, where in objects:  # each box checked under its own annotation's name
             check_boxes(np.asarray([box], np.float32), np.asarray([label]), size, len(names), where)
-        samples.append(_sample(_coco_image(root, split, name), [o[0] for o in objects], [o[1] for o in objects],
-                               size, len(names), f"{path}: image {image_id} ({name})"))
+        where = f"{path}: image {image_id} ({name})"
+        samples.append(_sample(_coco_image(root, split, name, where), [o[0] for o in objects],
+                               [o[1] for o in objects], size, len(names), where))
     return samples, names
 
 

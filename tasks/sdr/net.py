@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tasks.common.checkpoint import CheckpointError, load_file
+from tasks.common.checkpoint import CheckpointError, UntrustedFileError, load_file, plain, save_atomic
 
 
 # ---------------------------------------------------------------- sliced layers
@@ -151,16 +151,19 @@ BACKBONE_FORMAT = "fedssl-backbone-v1"
 
 
 def save_backbone(path, net: SDRNet, meta: dict) -> str:
+    """Tensors and plain values only (loads with weights_only=True), written atomically."""
     sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in net.sizes.items()}
-    torch.save({"format": BACKBONE_FORMAT, "kind": "sdrnet", "sizes": sizes, "state_dict": net.state_dict(),
-                **meta}, path)
-    return str(path)
+    payload = {"format": BACKBONE_FORMAT, "kind": "sdrnet", "sizes": sizes, "state_dict": dict(net.state_dict()),
+               **meta}
+    return str(save_atomic(plain(payload, f"backbone {path}"), path))
 
 
 def load_backbone(path) -> SDRNet:
     """A backbone exported by `save_backbone` (e.g. the routed sub-network): features = net(x)."""
     try:
-        payload = load_file(path, weights_only=False)
+        payload = load_file(path, "backbone")
+    except UntrustedFileError:
+        raise
     except Exception as err:  # noqa: BLE001 - truncated or not a torch file
         raise CheckpointError(f"backbone {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
