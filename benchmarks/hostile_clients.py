@@ -60,7 +60,10 @@ REFERENCE = ["faults.client_raise=[[1,1],[1,2],[1,3]]"]  # client 1's update exc
 # behind it past round_timeout, so it runs on two actors of one thread, against a reference run alike
 ACTORS = ["client_resources.num_cpus=1"]
 EXTRA = {"stall": ["faults.hang_seconds=40", "round_timeout=25", *ACTORS]}
-REFERENCE_OF = {"stall": ("reference-2actors", [*REFERENCE, *ACTORS])}
+# steal_identity: client 1 claims partition 2 on the same first contact as partition 2's own node, so neither is
+# bound (strategies/intake.contested_claims) and both partitions are kept out: its reference excludes clients 1 and 2
+WITHOUT_2 = ["faults.client_raise=[[1,1],[1,2],[1,3],[2,1],[2,2],[2,3]]"]
+REFERENCE_OF = {"stall": ("reference-2actors", [*REFERENCE, *ACTORS]), "steal_identity": ("reference-without-2", WITHOUT_2)}
 ROBUST_ATTACKS = ("sign_flip_x10", "huge_count", "noise")  # valid values: for the combination rules (Part B)
 DEPLOYED = ("stall", "steal_identity")
 
@@ -174,7 +177,7 @@ def server_action(s: dict) -> tuple[str, bool]:
     rounds = s.get("rounds", [])
     accepted = [r["round"] for r in rounds if str(HOSTILE) in (r.get("clients") or {})]
     rejected = [x for r in rounds for x in r.get("rejected", []) if x.get("partition_id") == HOSTILE]
-    refused = [x for r in rounds for x in r.get("rejected", []) if "partition_id" not in x]
+    refused = [x for r in rounds for x in r.get("rejected", []) if x.get("partition_id") is None]  # node refused
     others = [x for r in rounds for x in r.get("rejected", []) if x.get("partition_id") not in (HOSTILE, None)]
     failures = [f for r in rounds for f in r.get("failures", []) if f.get("partition_id") == HOSTILE]
     retired = [f for f in failures if str(f.get("error", "")).startswith("left the federation")]
@@ -228,7 +231,9 @@ def markdown(args, rows_a: list[dict], rows_b: list[dict], survived: int, total:
              "Part A: what the server did. The reference run excludes client 1 in every round "
              "(faults.client_raise); equal = every array of the final global model (checkpoint_final.pt) "
              "identical to the reference run's (reference-2actors: the same with client_resources.num_cpus=1, as "
-             "the stall row runs; deployed rows: the reference deployed). An attack survives when its run completed "
+             "the stall row runs; reference-without-2: clients 1 and 2 excluded, since a stolen claim refuses both "
+             "claimants; deployed rows: the reference deployed, or the simulated one where the deployed reference "
+             "equals the simulated reference bit for bit). An attack survives when its run completed "
              "and, except for the robust-aggregation attacks (sign_flip_x10, huge_count, noise: valid values, "
              "Part B), its final model equals the reference.", "",
              "| attack | mode | what the server did | run | final model equals reference | kNN | survived |",
@@ -246,6 +251,9 @@ def markdown(args, rows_a: list[dict], rows_b: list[dict], survived: int, total:
     for r in rows_b:
         d = "-" if r["distance"] is None else f"{r['distance']:.4f}"
         lines.append(f"| {r['attack']} | {r['robust']} | {_pct(r['knn'])} | {_pct(r['clean_knn'])} | {d} | {r['server']} |")
+    if getattr(args, "deployed_equals_simulated", None) is not None:
+        lines += ["", f"The deployed reference's final model equals the simulated reference's bit for bit: "
+                      f"{'yes' if args.deployed_equals_simulated else 'NO'}."]
     lines += ["", f"survived: {survived} of {total}", ""]
     return "\n".join(lines)
 
@@ -299,12 +307,17 @@ def main(argv=None) -> int:
     if not args.no_deployment and any(a in args.attacks for a in DEPLOYED):
         dep_ref = deploy(args, "reference", REFERENCE)
         dep_ref_model = final_model(run_dir(args, "deployment", "reference"))
+        args.deployed_equals_simulated = equal_models(dep_ref_model, final_model(run_dir(args, "simulation", "reference")))
         print(f"  deployed reference: {dep_ref.get('status')}; equals the simulated reference: "
-              f"{equal_models(dep_ref_model, final_model(run_dir(args, 'simulation', 'reference')))}", flush=True)
+              f"{args.deployed_equals_simulated}", flush=True)
         for attack in [a for a in DEPLOYED if a in args.attacks]:
             extra = args.deployment_stall if attack == "stall" else []
             s = deploy(args, run_name(attack), [f"faults.hostile=[[{HOSTILE},{attack}]]", *extra])
-            row = attack_row(args, attack, "deployment", s, dep_ref_model, "deployed reference")
+            if attack == "steal_identity":  # against the simulated run without 1 and 2 (deployed = simulated, above)
+                ref_name = REFERENCE_OF[attack][0]
+                row = attack_row(args, attack, "deployment", s, references.get(ref_name), f"{ref_name}, simulated")
+            else:
+                row = attack_row(args, attack, "deployment", s, dep_ref_model, "deployed reference")
             if dep_ref.get("status") != "completed":
                 row["survived"], row["reference"] = False, f"deployed reference {dep_ref.get('status')}"
             rows_a.append(row)
