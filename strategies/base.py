@@ -52,9 +52,9 @@ from protocol.robust import RULES, combine
 from protocol.transfer import TRANSFER_DTYPES, encode
 from protocol.weights import NDArrays
 from strategies.cluster_merge import merge_clusters
-from strategies.failures import NOT_CONNECTED, TrackedClient, error_text, failed_partition
+from strategies.failures import TrackedClient, error_text, failed_partition
 from strategies.site_evaluation import merge_site_reports
-from strategies.intake import collect_updates, learn_partition_ids, screen_reports
+from strategies.intake import absence, collect_updates, learn_partition_ids, screen_reports
 from strategies.trust import ExampleLimits, IdentityBook, aggregate_problem
 
 
@@ -180,7 +180,7 @@ class FedSSL(FedAvg):
         self.record = {"round": server_round, "selected": selected,
                        "bytes_sent": 0 if self.pool_clients else sent, "clients": {}, "failures": [], "rejected": []}
         for pid in self.absent:
-            error = f"left the federation: {self.retired[pid]}" if pid in self.retired else NOT_CONNECTED
+            error = absence(self, pid)
             self.record["failures"].append({"partition_id": pid, "round": server_round, "error": error})
             log(WARNING, "round %s: client %s: %s", server_round, pid, error)
         for note in self.identity_notes:

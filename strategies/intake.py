@@ -16,7 +16,7 @@ from flwr.server.client_proxy import ClientProxy
 from protocol.hooks import RunStopped
 from protocol.transfer import decode
 from protocol.weights import NDArrays
-from strategies.failures import error_text, failed_partition
+from strategies.failures import NOT_CONNECTED, error_text, failed_partition
 from strategies.trust import arrays_problem, metrics_problem
 
 
@@ -39,14 +39,16 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
         answers = list(pool.map(ask, unknown))
     contested = contested_claims(s.identity, answers, connected)
     for cid, claimed, failed in answers:
+        disputed = int(claimed) if not failed and is_int(claimed) and int(claimed) in contested else None
         if failed:
             pid, refused, note = None, failed, None
-        elif isinstance(claimed, (int, np.integer)) and int(claimed) in contested:
-            pid, refused, note = None, contested[int(claimed)], None
+        elif disputed is not None:
+            pid, refused, note = None, contested[disputed], None
         else:
             pid, refused, note = s.identity.claim(cid, claimed, connected)
         if pid is None:
-            s.identity_notes.append({"node": cid, "partition_id": None, "reason": refused})
+            s.identity_notes.append({"node": cid, "partition_id": None, "reason": refused,
+                                     **({"claimed": disputed} if disputed is not None else {})})
             log(WARNING, "%s", refused)
             continue
         for other in [n for n, p in s.pid_of.items() if p == pid]:
@@ -56,13 +58,25 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
         s.pid_of[cid] = pid
 
 
+def is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def absence(s, pid: int) -> str:
+    """Why partition `pid` takes no part in this round: retired, its claimants refused, or no node."""
+    if pid in s.retired:
+        return f"left the federation: {s.retired[pid]}"
+    refused = [n["reason"] for n in s.identity_notes if n.get("claimed") == pid]
+    return f"no node bound to it ({refused[0]})" if refused else NOT_CONNECTED
+
+
 def contested_claims(identity, answers, connected: set[str]) -> dict[int, str]:
     """{partition: refusal} for partitions that two or more new nodes claim at once while neither of
     them nor any connected node holds it: first contact cannot tell the site from an impostor, so
     none is bound (each is refused and recorded) until one node alone claims it."""
     claimants: dict[int, list[str]] = {}
     for cid, claimed, failed in answers:
-        if not failed and isinstance(claimed, (int, np.integer)) and not isinstance(claimed, bool):
+        if not failed and is_int(claimed):
             claimants.setdefault(int(claimed), []).append(cid)
     out = {}
     for pid, nodes in claimants.items():

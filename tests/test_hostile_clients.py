@@ -126,6 +126,8 @@ def test_two_new_nodes_claiming_one_partition_are_both_left_out_until_one_alone_
     refused = strategy.record["rejected"]
     assert [(r["node"], r["partition_id"]) for r in refused] == [("node-99", None), ("node-7", None)]
     assert "nodes node-7, node-99 all claim partition 1" in refused[0]["reason"]
+    assert strategy.record["failures"][0]["partition_id"] == 1
+    assert strategy.record["failures"][0]["error"].startswith("no node bound to it (nodes node-7, node-99 all claim")
     strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), result(proxies[2], upd(3, 3), 10)], [])
     line = SummarySchema(TASKS["ssl"].metrics).progress_line(strategy.record, 3)
     assert "REJECTED ['node node-99', 'node node-7']" in line
