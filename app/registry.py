@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 
 import strategies
 import tasks.detection
+import tasks.detection.export
 import tasks.reid
+import tasks.reid.export
 import tasks.sdr
+import tasks.sdr.export
+import tasks.ssl.export
 from app.config import group_nodes
 from protocol.checks import Choice, ConfigError, ListOf, Text
 from protocol.fields import Metric, Series, TaskMetrics
@@ -63,6 +67,8 @@ class Task:
     local_evaluate: a client's scoring of its own model on its own test data, for layouts the
         clients evaluate (Layout.evaluated_by == "clients"), else None.
     client_fields(cfg): per-client values of its own that the round's console line shows.
+    learned(cfg, layout, arrays) -> the network its evaluator uses, for mode=export, predict and embed
+        (tasks/common/export.Learned); learned_output: what that network gives (features, detections).
     """
 
     name: str
@@ -78,6 +84,8 @@ class Task:
     route: Callable | None = None
     local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None
     client_fields: Callable[[dict], tuple] = lambda cfg: ()
+    learned: Callable | None = None
+    learned_output: str | None = None
 
 
 REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
@@ -122,24 +130,28 @@ TASKS = {
         TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"), Metric("knn_accuracy_k*", "kNN, k =")),
                     series=KNN_HISTORY),
         config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, layout_options=_ssl_options,
-        client_fields=lambda cfg: getattr(METHODS.get(cfg["ssl"]["name"]), "CLIENT_FIELDS", ())),
+        client_fields=lambda cfg: getattr(METHODS.get(cfg["ssl"]["name"]), "CLIENT_FIELDS", ()),
+        learned=tasks.ssl.export.learned, learned_output=tasks.ssl.export.OUTPUT),
     "reid": Task(
         "reid", "reid", reid_layout, reid_round, ReIDEvaluator,
         lambda cfg: check_reid_data(cfg, needs_public=bool(cfg["strategy"].get("kd"))),
         TaskMetrics(headline=(Metric("rank1", "rank-1"), Metric("mAP", "mAP")),
                     final=(Metric("rank5", "rank-5"), Metric("rank10", "rank-10")),
                     series=Series("retrieval", (("rank1", "rank1"), ("mAP", "mAP")), per_client=True)),
-        config=tasks.reid.CONFIG, server_hooks=lambda cfg: {"distill": make_distill(cfg)}),
+        config=tasks.reid.CONFIG, server_hooks=lambda cfg: {"distill": make_distill(cfg)},
+        learned=tasks.reid.export.learned, learned_output=tasks.reid.export.OUTPUT),
     "sdr": Task(
         "sdr", "images", sdr_layout, sdr_round, SDREvaluator, _sdr_preflight,
         TaskMetrics(headline=REPRESENTATION, final=(Metric("mean_path_knn", "mean path kNN"),), series=KNN_HISTORY),
-        config=tasks.sdr.CONFIG, route=sdr_route),
+        config=tasks.sdr.CONFIG, route=sdr_route, learned=tasks.sdr.export.learned,
+        learned_output=tasks.sdr.export.OUTPUT),
     "detection": Task(
         "detection", "detection", detection_layout, detection_round, DetectionEvaluator, _detection_preflight,
         TaskMetrics(headline=(Metric("map", "mAP"), Metric("map_50", "mAP@0.5")),
                     final=(Metric("map_75", "mAP@0.75"), Metric("mar_100", "AR@100")),
                     series=Series("detection", (("map", "map"), ("map_50", "map_50")), per_client=True)),
-        config=tasks.detection.CONFIG, layout_options=detection_options, local_evaluate=detection_evaluate),
+        config=tasks.detection.CONFIG, layout_options=detection_options, local_evaluate=detection_evaluate,
+        learned=tasks.detection.export.learned, learned_output=tasks.detection.export.OUTPUT),
 }
 
 def strategy_targets() -> tuple[str, ...]:
