@@ -2,7 +2,8 @@
 
 Composes the config (conf/) once, refuses bad input before any training, and runs the command
 its `mode` names (app/commands.py): train (a federation in Flower's simulation engine; `resume=`
-continues one), evaluate a checkpoint, or route an SDR checkpoint. `-m` runs every combination
+continues one), evaluate a checkpoint, route an SDR checkpoint, export a checkpoint's learned
+network, predict with a detector on a folder, or embed images (docs/using_the_model.md). `-m` runs every combination
 of comma-separated values; `--cfg` prints the composed config; `--help` the choices.
 """
 
@@ -14,6 +15,9 @@ USAGE = """usage: python main.py [key=value ...]            train (default: stra
        python main.py resume=<run dir>             continue an interrupted run
        python main.py mode=evaluate checkpoint=<run>/checkpoint_final.pt|init
        python main.py mode=route checkpoint=<sdr run>/checkpoint_final.pt dataset=<downstream>
+       python main.py mode=export checkpoint=<run>/checkpoint_final.pt [output_dir=<folder>]
+       python main.py mode=predict checkpoint=<detection run>/checkpoint_final.pt images=<folder>
+       python main.py mode=embed checkpoint=<run>/checkpoint_final.pt images=<folder or .npz> [embed.query=<i>]
        python main.py -m key=a,b ...               one run per combination
        python main.py --cfg [key=value ...]        print the composed config
 """

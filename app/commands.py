@@ -4,6 +4,9 @@
     python main.py resume=<run dir> [key=value ...]     continue an interrupted run
     python main.py mode=evaluate checkpoint=<path>|init evaluate without training (app/offline.py)
     python main.py mode=route checkpoint=<path> dataset=<downstream>   route an SDR checkpoint
+    python main.py mode=export checkpoint=<path>        the learned network as safetensors + ONNX (app/export.py)
+    python main.py mode=predict checkpoint=<path> images=<folder>      a detector on a folder (app/predict.py)
+    python main.py mode=embed checkpoint=<path> images=<folder|.npz>   features of images (app/embed.py)
     python main.py -m key=a,b ...                       one run per combination, one after another
 """
 
@@ -16,7 +19,10 @@ import time
 from pathlib import Path
 
 from app.config import compose, override_value, to_plain
+from app.embed import embed
+from app.export import export
 from app.offline import evaluate_offline, evaluation_line, evaluation_setup, route_offline
+from app.predict import predict
 from app.report import LOG_FORMAT
 from app.resume import run_config
 from app.schema import RUN
@@ -25,11 +31,12 @@ from protocol.checks import ConfigError
 from protocol.hooks import RunStopped
 from tasks.common.checkpoint import CheckpointError
 from tasks.common.data import DataError
+from tasks.common.export import ExportError
 from tasks.common.local import LayoutMismatch
 from tasks.common.partition import PartitionError
 
 log = logging.getLogger("fedssl")
-USER_ERRORS = (ConfigError, DataError, PartitionError, CheckpointError, RunFailed, RunStopped, LayoutMismatch)
+USER_ERRORS = (ConfigError, DataError, PartitionError, CheckpointError, RunFailed, RunStopped, LayoutMismatch, ExportError)
 
 
 def log_to_console() -> None:
@@ -83,7 +90,7 @@ def route(argv: list[str]) -> None:
     log.info("route: %s/route.json (and the exported backbone)", out_dir)
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "route": route}
+COMMANDS = {"train": train, "evaluate": evaluate, "route": route, "export": export, "predict": predict, "embed": embed}
 
 
 def run_command(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ from tasks.common.checkpoint import CheckpointError, checkpoint_models, load_che
 
 INIT = "init"
 MAY_CHANGE = ("eval", "dataset", "seed")  # the evaluation protocol: changed only when the command says so
-THIS_MACHINE = ("device", "data_dir", "cache_dir", "output_dir", "mode", "checkpoint")
+THIS_MACHINE = ("device", "data_dir", "cache_dir", "output_dir", "mode", "checkpoint", "images", "predict", "embed")
 
 
 def _top(override: str) -> str:

@@ -28,7 +28,8 @@ STATE_FILE = Path("state") / "server.pt"
 # Keys a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "round_timeout", "faults",
                 "output_dir", "resume", "data_dir", "cache_dir", "data_download", "checkpoint_every",
-                "eval_every", "command_line", "client_state_dir", "centralised_from_clients", "audit_updates")
+                "eval_every", "command_line", "client_state_dir", "centralised_from_clients", "audit_updates",
+                "images", "predict", "embed")  # the last three: mode=predict/embed's, nothing a training run reads
 
 
 def rng_states() -> dict:

@@ -28,7 +28,10 @@ RUN = {
     "audit_updates": Bool(),
     "trust.max_examples": AnyOf(specs=(Choice(options=("auto",)), Int(min=1))),
     "trust.examples_ratio": Float(min=1), "trust.client_timeout": Float(above=0, unit="seconds"),
-    "resume": Text(null=True), "mode": Choice(options=("train", "route", "evaluate")), "checkpoint": Text(null=True),
+    "resume": Text(null=True), "mode": Choice(options=("train", "route", "evaluate", "export", "predict", "embed")),
+    "checkpoint": Text(null=True), "images": Text(null=True),
+    "predict.score": Float(min=0, max=1), "predict.max_images": Int(min=1, null=True),
+    "embed.max_images": Int(min=1, null=True), "embed.query": Int(min=0, null=True), "embed.neighbours": Int(min=1),
     "faults.client_raise": PAIRS, "faults.client_hang": PAIRS, "faults.hang_seconds": Float(min=0),
     "faults.nan_update": PAIRS, "faults.wrong_shape_update": PAIRS, "faults.exit_after_round": Int(min=1, null=True),
     "faults.hostile": HostilePairs(),  # [partition_id, attack] pairs, the attack checked against clients/faults.ATTACKS
