@@ -17,7 +17,7 @@ from protocol.hooks import RunStopped
 from protocol.transfer import decode
 from protocol.weights import NDArrays
 from strategies.failures import NOT_CONNECTED, error_text, failed_partition
-from strategies.trust import arrays_problem, metrics_problem
+from strategies.trust import arrays_problem, is_int, metrics_problem
 
 
 def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
@@ -37,7 +37,7 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
     connected = {c.cid for c in clients}
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(ask, unknown))
-    contested = contested_claims(s.identity, answers, connected)
+    contested = s.identity.contested({cid: claimed for cid, claimed, failed in answers if not failed}, connected)
     for cid, claimed, failed in answers:
         disputed = int(claimed) if not failed and is_int(claimed) and int(claimed) in contested else None
         if failed:
@@ -58,32 +58,12 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
         s.pid_of[cid] = pid
 
 
-def is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def absence(s, pid: int) -> str:
     """Why partition `pid` takes no part in this round: retired, its claimants refused, or no node."""
     if pid in s.retired:
         return f"left the federation: {s.retired[pid]}"
     refused = [n["reason"] for n in s.identity_notes if n.get("claimed") == pid]
     return f"no node bound to it ({refused[0]})" if refused else NOT_CONNECTED
-
-
-def contested_claims(identity, answers, connected: set[str]) -> dict[int, str]:
-    """{partition: refusal} for partitions that two or more new nodes claim at once while neither of
-    them nor any connected node holds it: first contact cannot tell the site from an impostor, so
-    none is bound (each is refused and recorded) until one node alone claims it."""
-    claimants: dict[int, list[str]] = {}
-    for cid, claimed, failed in answers:
-        if not failed and is_int(claimed):
-            claimants.setdefault(int(claimed), []).append(cid)
-    out = {}
-    for pid, nodes in claimants.items():
-        owner = identity.node_of.get(pid)
-        if len(nodes) > 1 and owner not in nodes and owner not in connected:
-            out[pid] = f"nodes {', '.join(sorted(nodes))} all claim partition {pid}: none is bound while more than one does"
-    return out
 
 
 def update_problem(s, pid: int, arrays: NDArrays, num_examples) -> str | None:

@@ -43,6 +43,10 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def metrics_problem(metrics: dict) -> str | None:
     """Why a client's metrics cannot be used, or None."""
     for key, value in metrics.items():
@@ -130,7 +134,7 @@ class IdentityBook:
 
     def claim(self, node: str, claimed, connected: set[str]) -> tuple[int | None, str | None, str | None]:
         """(partition id or None, refusal reason, note of a re-binding) for `node` claiming `claimed`."""
-        if not isinstance(claimed, (int, np.integer)) or isinstance(claimed, bool):
+        if not is_int(claimed):
             return None, f"node {node} claims partition {_short(claimed)}, not an integer", None
         pid = int(claimed)
         if not 0 <= pid < self.num_clients:
@@ -146,6 +150,18 @@ class IdentityBook:
             return None, f"node {node} claims partition {pid}, which node {owner} serves", None
         self.node_of[pid] = node
         return pid, None, f"partition {pid} passed from node {owner} (gone) to node {node}"
+
+    def contested(self, claims: dict[str, object], connected: set[str]) -> dict[int, str]:
+        """{partition: refusal} for partitions that two or more new nodes claim at once (`claims`:
+        node -> claimed partition) while neither of them nor any connected node holds it: first
+        contact cannot tell the site from an impostor, so none is bound until one node alone claims it."""
+        claimants: dict[int, list[str]] = {}
+        for node, claimed in claims.items():
+            if is_int(claimed):
+                claimants.setdefault(int(claimed), []).append(node)
+        return {pid: f"nodes {', '.join(sorted(nodes))} all claim partition {pid}: none is bound while more than one does"
+                for pid, nodes in claimants.items()
+                if len(nodes) > 1 and self.node_of.get(pid) not in nodes and self.node_of.get(pid) not in connected}
 
     def state(self) -> dict:
         return {str(p): n for p, n in sorted(self.node_of.items())}

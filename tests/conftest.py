@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA_DIR = Path(os.environ.get("FEDSSL_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def main_py(*argv, module: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python main.py ...` (or `python -m <module> ...`) in the repository root, output captured."""
+    head = ["-m", module] if module else ["main.py"]
+    return subprocess.run([sys.executable, *head, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def smoke_run(out: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> Path:
+    """A finished `experiment=smoke` run of `overrides` in `out` (asserted to succeed): its directory."""
+    done = main_py("experiment=smoke", *overrides, f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={out}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out
 
 
 SLOW = os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("FEDSSL_SLOW_TESTS") == "1"

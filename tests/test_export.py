@@ -2,8 +2,6 @@
 Runtime), torchvision's ResNet-18 with the CIFAR stem, and features of images equal to the evaluator's."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from tasks.common.data import DataError
 from tasks.common.export import ExportError, RTOL, batch_of, torchvision_resnet
 from tasks.common.precision import compute_for
 from tasks.common.training import resolve_device
-from tests.conftest import ROOT
+from tests.conftest import main_py, smoke_run
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("safetensors")
@@ -28,17 +26,10 @@ RUN = ["strategy=fedu", "dataset=cifar10", "model=resnet18", "model.width=1.0", 
        "examples_per_client=16", "batch_size=8", "eval.bank_size=100", "eval.test_size=50"]
 
 
-def main_py(*argv, timeout=600):
-    return subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def ssl_run(tmp_path_factory, data_dir, cache_dir):
     """A one-round smoke FedU run of a ResNet-18 at width 1.0 (its directory), shared by this file's tests."""
-    out = tmp_path_factory.mktemp("fedu") / "run"
-    done = main_py("experiment=smoke", *RUN, f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={out}")
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return out
+    return smoke_run(tmp_path_factory.mktemp("fedu") / "run", data_dir, cache_dir, *RUN)
 
 
 @pytest.fixture(scope="module")

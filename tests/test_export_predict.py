@@ -3,8 +3,6 @@ its COCO results read back by torchmetrics against the folder's annotations; the
 and what predict refuses."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from app.config import recompose
 from app.federation import build_layout
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
 from tasks.common.data import DataError
-from tests.conftest import ROOT
+from tests.conftest import main_py, smoke_run
 
 pytest.importorskip("onnxruntime")
 
@@ -23,18 +21,10 @@ SITES = ["dataset=synthetic_detection", "num_clients=2", "dataset.train_images=1
 RUN = ["strategy=fedavg", *SITES, "num_rounds=1", "detection.lr_schedule=constant"]
 
 
-def main_py(*argv, module=None):
-    head = ["-m", module] if module else ["main.py"]
-    return subprocess.run([sys.executable, *head, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def detection_run(tmp_path_factory, data_dir, cache_dir):
     """A one-round smoke detection federation (FedAvg, two synthetic sites): its directory."""
-    out = tmp_path_factory.mktemp("detection") / "run"
-    done = main_py("experiment=smoke", *RUN, f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={out}")
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return out
+    return smoke_run(tmp_path_factory.mktemp("detection") / "run", data_dir, cache_dir, *RUN)
 
 
 @pytest.fixture(scope="module")
