@@ -31,7 +31,7 @@ from app.resume import run_config
 
 @lru_cache(maxsize=4)
 def config_from_overrides(overrides: str) -> dict:
-    return to_plain(compose(shlex.split(overrides)))
+    return to_plain(compose(shlex.split(overrides), deployed=True))  # experiment=auto: paper on every node
 
 
 def server_federation(context) -> Federation:
@@ -61,7 +61,7 @@ def _server_main(grid, context) -> None:
     finally:
         summary = report.finish()
     if summary["status"] != "completed":
-        raise RuntimeError(f"run failed: {summary['error']} (results so far: {report.path})")
+        raise RuntimeError(report.failure_line())
 
 
 def _client_fn(context):

@@ -22,6 +22,8 @@ from app.schema import clients_per_round
 
 
 def clock(seconds: float) -> str:
+    if 0 < seconds < 0.5:
+        return "<0:01"  # not "0:00": a round of a tiny run still takes time
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.config import key_of, override_value, recompose
+from app.config import key_of, override_value, recompose, saved_command_line
+from app.outputs import refuse_taken
 from tasks.common.checkpoint import CheckpointError, UntrustedFileError, load_file, plain, save_atomic, unplain
 
 NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
@@ -29,7 +30,8 @@ STATE_FILE = Path("state") / "server.pt"
 RUNTIME_KEYS = ("num_rounds", "device", "client_resources", "ray", "wandb", "round_timeout", "faults",
                 "output_dir", "resume", "data_dir", "cache_dir", "data_download", "checkpoint_every",
                 "eval_every", "command_line", "client_state_dir", "centralised_from_clients", "audit_updates",
-                "images", "predict", "embed")  # the last three: mode=predict/embed's, nothing a training run reads
+                "images", "predict", "embed",  # these three: mode=predict/embed's, nothing a training run reads
+                "preset")  # a label (absent in runs saved before experiment=auto): what a preset sets is compared key by key
 
 
 def rng_states() -> dict:
@@ -104,7 +106,7 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
                               "resume it with that version, or start a new run without resume=")
     original = list(saved["config"].get("command_line") or [])
     extra = [o for o in new_overrides if key_of(o) not in NOT_RECORDED]
-    cfg = recompose(original, extra)
+    cfg = recompose(saved_command_line(saved["config"]), extra)
     before, after = _flatten(saved["config"]), _flatten(cfg)
     changed = sorted(k for k in set(before) | set(after)
                      if not _runtime(k) and before.get(k, "<absent>") != after.get(k, "<absent>"))
@@ -124,8 +126,9 @@ def run_config(overrides: list[str], fresh: Callable[[list[str]], tuple[dict, st
     """(config, output directory, saved state) of a command that runs a federation.
 
     `resume=<dir>` continues the run saved there (its own command line, this one's runtime keys on
-    top); otherwise `fresh(overrides)` composes the config and says where the run goes. The command
-    line is recorded without where the run is written (`NOT_RECORDED`).
+    top); otherwise `fresh(overrides)` composes the config and says where the run goes, a folder that
+    must not hold an earlier run (RunFolderTaken says what to do instead). The command line is
+    recorded without where the run is written (`NOT_RECORDED`).
     """
     command_line = [o for o in overrides if key_of(o) not in NOT_RECORDED]
     resume_dir = override_value(overrides, "resume")
@@ -136,6 +139,7 @@ def run_config(overrides: list[str], fresh: Callable[[list[str]], tuple[dict, st
         out_dir = cfg["resume"] = str(Path(resume_dir))
     else:
         cfg, out_dir = fresh(overrides)
+        refuse_taken(out_dir)  # a new run never lands on an earlier one (app/outputs.py)
         cfg = dict(cfg, command_line=command_line)
     cfg["output_dir"] = str(out_dir)
     return cfg, str(out_dir), state

@@ -8,6 +8,7 @@ here; an SSL method checks its own arguments (tasks/ssl/methods), a strategy its
 
 from __future__ import annotations
 
+from app.config import group_options
 from app.registry import STRATEGY_META, TASKS
 from clients.faults import HostilePairs
 from protocol.checks import AnyOf, Bool, Choice, ConfigError, Float, Int, ListOf, Matches, Text, conform
@@ -20,7 +21,7 @@ PAIRS = ListOf(item=ListOf(item=Int(), length=2), description="a list of [partit
 RUN = {
     "num_clients": Int(min=1), "num_rounds": Int(min=1), "local_epochs": Int(min=1), "batch_size": Int(min=1),
     "fraction_fit": Float(above=0, max=1), "min_fit_clients": Int(min=1), "examples_per_client": Int(min=1, null=True),
-    "seed": Int(min=0), "data_dir": Text(), "data_download": Bool(), "cache_dir": Text(),
+    "seed": Int(min=0), "preset": Choice(options=tuple(o for o in group_options("experiment") if o != "auto")), "data_dir": Text(), "data_download": Bool(), "cache_dir": Text(),
     "device": Matches(pattern=r"auto|cpu|cuda(:\d+)?", description="auto, cpu, cuda or cuda:N"),
     "transfer_dtype": Choice(options=TRANSFER_DTYPES), "progress": AnyOf(specs=(Choice(options=("auto",)), Bool())),
     "output_dir": Text(null=True), "eval_every": Int(min=0), "norm_bound": Float(above=0, null=True),

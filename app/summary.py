@@ -18,6 +18,7 @@ import math
 import time
 
 from protocol.fields import ClientField, RoundField, TaskMetrics
+from protocol.messages import few
 
 ROUND_KEYS = ("train_loss", "wall_seconds", "bytes_sent", "bytes_received", "eval_seconds")  # logged to W&B
 
@@ -44,7 +45,7 @@ class SummarySchema:
     # ------------------------------------------------------------------ the document
     def new(self, cfg: dict, task: str, out_dir: str) -> dict:
         return {
-            "status": "running", "error": None, "task": task, "strategy": cfg["strategy"]["name"],
+            "status": "running", "error": None, "task": task, "preset": cfg.get("preset"), "strategy": cfg["strategy"]["name"],
             "ssl": cfg["ssl"]["name"], "dataset": cfg["dataset"]["name"], "partition": cfg["partition"]["name"],
             "num_clients": cfg["num_clients"], "num_rounds": cfg["num_rounds"], "config": cfg, "rounds": [],
             "initial_eval": None, self.metrics.series.name: [], "final": {}, "failures": [], "rejected": [],
@@ -119,9 +120,9 @@ class SummarySchema:
         if restored:
             parts.append("restarted clients " + ", ".join(f"{p} (state of round {r})" for p, r in restored.items()))
         if record.get("failures"):
-            parts.append(f"FAILED clients {[f['partition_id'] for f in record['failures']]}")
+            parts.append(f"FAILED clients {few(f['partition_id'] for f in record['failures'])}")
         if record.get("rejected"):
-            parts.append(f"REJECTED {[_who(r) for r in record['rejected']]}")
+            parts.append(f"REJECTED {few(_who(r) for r in record['rejected'])}")
         if record.get("fatal_error"):
             parts.append(f"STOPPED: {record['fatal_error']}")
         return " | ".join(parts)

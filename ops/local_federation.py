@@ -55,6 +55,19 @@ class RoundLines:
             if record["round"] > self.printed:
                 self.printed = record["round"]
                 print(self.schema.progress_line(record, self.num_rounds), flush=True)
+                for line in problem_lines(record):
+                    print(line, flush=True)
+
+
+def problem_lines(record: dict) -> list[str]:
+    """A round's lost or failed clients and rejected updates, each with its reason (summary.json's)."""
+    def who(entry: dict) -> str:
+        node = f" (node {entry['node']})" if entry.get("node") else ""
+        return f"client {entry.get('partition_id')}{node}"
+
+    return ([f"  round {record['round']}: {who(f)} failed: {f.get('error')}" for f in record.get("failures") or []]
+            + [f"  round {record['round']}: {who(r)}'s update rejected: {r.get('reason')}"
+               for r in record.get("rejected") or []])
 
 
 def _parse_local_data(items: list[str], nodes: int) -> dict[int, str]:
@@ -73,7 +86,7 @@ def composed(overrides: list[str]) -> dict:
     from app.resume import run_config
 
     def fresh(o):
-        cfg = to_plain(compose(o))
+        cfg = to_plain(compose(o, deployed=True))  # as the ServerApp composes it
         return cfg, cfg["output_dir"]
 
     return run_config(overrides, fresh)[0]
@@ -123,10 +136,10 @@ def run_experiment(args) -> int:
             down: dict[str, float] = {}
 
             def show(run):
+                rounds.print_new()  # before the status: a finished run's last round comes first
                 if run["status"] != seen["status"]:
                     seen["status"] = run["status"]
                     print(f"run {run_id}: {run['status']} ({run.get('elapsed', 0):.0f} s)", flush=True)
-                rounds.print_new()
                 for name, since in list(down.items()):
                     if time.monotonic() - since >= args.restart_after:
                         fed.restart(name)
