@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protocol.messages import few
+from tasks.common.atomic import write_atomic
 from tasks.common.checkpoint import checkpoint_models, load_checkpoint
 
 # strategies whose server rule is the example-weighted mean of the accepted uploads (SPEC §2.6, §2.3)
@@ -43,11 +45,20 @@ class UpdateAudit:
         self._folder(server_round).mkdir(parents=True)
 
     def update(self, server_round: int, pid: int, arrays, num_examples: int, rejected: str | None) -> None:
-        np.savez(self._folder(server_round) / f"client-{pid}.npz", *[np.asarray(a) for a in arrays],
-                 num_examples=np.int64(num_examples), rejected=np.str_(rejected or ""))
+        _save(self._folder(server_round) / f"client-{pid}.npz", *[np.asarray(a) for a in arrays],
+              num_examples=np.int64(num_examples), rejected=np.str_(rejected or ""))
 
     def aggregate(self, server_round: int, arrays) -> None:
-        np.savez(self._folder(server_round) / "global.npz", *[np.asarray(a) for a in arrays])
+        _save(self._folder(server_round) / "global.npz", *[np.asarray(a) for a in arrays])
+
+
+def _save(path: Path, *arrays, **named) -> None:
+    """np.savez, written whole or not at all."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, *arrays, **named)
+
+    write_atomic(path, write)
 
 
 def _arrays(npz) -> list[np.ndarray]:
@@ -94,8 +105,8 @@ def check(run_dir: str | Path) -> AuditReport:
         report.aggregated += len(accepted)
         listed = sorted(int(p) for p in record["clients"])
         if listed != [pid for pid, _ in accepted]:
-            report.problems.append(f"round {rnd}: summary lists clients {listed}, accepted updates came from "
-                                   f"{[pid for pid, _ in accepted]}")
+            report.problems.append(f"round {rnd}: summary lists clients {few(listed)}, accepted updates came from "
+                                   f"{few(pid for pid, _ in accepted)}")
         with np.load(folder / "global.npz") as npz:
             kept = _arrays(npz)
         total = float(sum(weights))

@@ -7,21 +7,27 @@
     python main.py mode=export checkpoint=<path>        the learned network as safetensors + ONNX (app/export.py)
     python main.py mode=predict checkpoint=<path> images=<folder>      a detector on a folder (app/predict.py)
     python main.py mode=embed checkpoint=<path> images=<folder|.npz>   features of images (app/embed.py)
-    python main.py -m key=a,b ...                       one run per combination, one after another
+    python main.py -m key=a,b ...                       one run per combination, one after another, job n in
+                                                        <output_dir>/<n> (default multirun/<date>/<time>/<n>)
+
+Without output_dir every command gets a new folder of its own (`run_dir`); a fresh run never
+writes into an earlier run's folder (app/outputs.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sys
 import time
 from pathlib import Path
 
-from app.config import compose, override_value, to_plain
+from app.config import compose, key_of, override_value, preset_line, to_plain
 from app.embed import embed
 from app.export import export
 from app.offline import evaluate_offline, evaluation_line, evaluation_setup, route_offline
+from app.outputs import RunFolderTaken, claim_new_folder, refusal, release_if_unused
 from app.predict import predict
 from app.report import LOG_FORMAT
 from app.resume import run_config
@@ -53,8 +59,19 @@ def log_to_console() -> None:
 
 
 def run_dir(composed) -> str:
-    """Where Hydra would have put this run (conf/config.yaml `hydra.run.dir`)."""
-    return str(composed.hydra.run.dir)
+    """A new folder where Hydra would have put this run (conf/config.yaml `hydra.run.dir`), with `-2`,
+    `-3`, ... added when another run started in the same second took it (app/outputs.py)."""
+    return str(claim_new_folder(composed.hydra.run.dir))
+
+
+@contextlib.contextmanager
+def default_folder_released(out_dir: str):
+    """A command refused before it wrote anything leaves no empty folder of its own behind."""
+    try:
+        yield
+    except BaseException:
+        release_if_unused(out_dir)
+        raise
 
 
 def fresh_run(argv: list[str]) -> tuple[dict, str]:
@@ -67,15 +84,17 @@ def fresh_run(argv: list[str]) -> tuple[dict, str]:
 def train(argv: list[str]) -> None:
     cfg, out_dir, resume_state = run_config(argv, fresh_run)
     log_to_console()
-    report = run(cfg, out_dir, resume_state)
-    log.info(report.closing_line())
+    log.info(preset_line(cfg, argv))
+    with default_folder_released(out_dir):
+        run(cfg, out_dir, resume_state)  # its closing line ends the console and main.log
 
 
 def evaluate(argv: list[str]) -> None:
     cfg, models, layout, composed = evaluation_setup(argv)
     out_dir = cfg.get("output_dir") or run_dir(composed)
     log_to_console()
-    print(evaluation_line(cfg, evaluate_offline(cfg, models, layout, out_dir)))
+    with default_folder_released(out_dir):
+        print(evaluation_line(cfg, evaluate_offline(cfg, models, layout, out_dir)))
     log.info("evaluate: %s/evaluation.json", out_dir)
 
 
@@ -86,7 +105,8 @@ def route(argv: list[str]) -> None:
     cfg = dict(to_plain(composed), command_line=list(argv))
     out_dir = cfg.get("output_dir") or run_dir(composed)
     log_to_console()
-    print(table(route_offline(cfg, out_dir)))
+    with default_folder_released(out_dir):
+        print(table(route_offline(cfg, out_dir)))
     log.info("route: %s/route.json (and the exported backbone)", out_dir)
 
 
@@ -98,15 +118,40 @@ def run_command(argv: list[str]) -> None:
     COMMANDS[RUN["mode"].check(mode, "mode")](argv)
 
 
-def multirun(argv: list[str]) -> None:
-    """`-m`: the runs of `sweep(argv)` one after another, each in multirun/<date>/<time>/<n>
-    unless output_dir is given; one that fails is reported and the others still run."""
-    log_to_console()
-    root = Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S")
-    failed = []
+def multirun_jobs(argv: list[str]) -> list[list[str]]:
+    """The command line of every job of `-m`: job n writes into `<output_dir>/<n>`, or without
+    output_dir into multirun/<date>/<time>/<n> (a folder of its own: `-2`, ... when another multirun
+    started in the same second); a job with resume= continues that run in its own folder."""
+    jobs, root = [], None
     for n, combination in enumerate(sweep(argv)):
-        if override_value(combination, "output_dir") is None and override_value(combination, "resume") is None:
-            combination = [*combination, f"output_dir={root / str(n)}"]
+        if override_value(combination, "resume") is None:
+            given = override_value(combination, "output_dir")
+            if given is None and root is None:
+                root = claim_new_folder(Path("multirun") / time.strftime("%Y-%m-%d/%H-%M-%S"))
+            combination = [*[o for o in combination if key_of(o) != "output_dir"],
+                           f"output_dir={Path(given or root) / str(n)}"]
+        jobs.append(combination)
+    return jobs
+
+
+def refuse_taken_jobs(jobs: list[list[str]]) -> None:
+    """Before any job starts: none of the training jobs may land on an earlier run's folder."""
+    folders = [override_value(job, "output_dir") for job in jobs
+               if (override_value(job, "mode") or "train") == "train" and override_value(job, "resume") is None]
+    taken = [why for folder in folders if folder and (why := refusal(folder)) is not None]
+    if taken:
+        raise RunFolderTaken(f"multirun: {len(taken)} of its {len(jobs)} jobs would write into an earlier run's "
+                             f"folder (job n writes into <output_dir>/<n>); nothing was started. " + taken[0])
+
+
+def multirun(argv: list[str]) -> None:
+    """`-m`: the runs of `sweep(argv)` one after another, each in a folder of its own
+    (`multirun_jobs`); one that fails is reported and the others still run."""
+    log_to_console()
+    jobs = multirun_jobs(argv)
+    refuse_taken_jobs(jobs)
+    failed = []
+    for n, combination in enumerate(jobs):
         log.info("multirun %d: %s", n, " ".join(combination))
         try:
             run_command(combination)
@@ -119,9 +164,9 @@ def multirun(argv: list[str]) -> None:
 
 def sweep(argv: list[str]) -> list[list[str]]:
     """`-m`: every combination of the comma-separated values (Hydra's sweep syntax), in order."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from app.config import parse_overrides
 
-    parsed = OverridesParser.create().parse_overrides(argv)
+    parsed = parse_overrides(argv)  # a syntax error: which override, and how to quote it
     choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                else [o.input_line] for o in parsed]
     return [list(c) for c in itertools.product(*choices)]

@@ -17,13 +17,13 @@ cosine similarity (`draw_neighbours`, usable on its own).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from app.export import load_learned
 from protocol.checks import ConfigError
+from tasks.common.atomic import write_atomic
 from tasks.common.data import DataError
 from tasks.common.evaluate import extract_features
 from tasks.common.export import FEATURES
@@ -78,9 +78,17 @@ def draw_neighbours(images: np.ndarray, features: np.ndarray, names: list[str], 
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+    finally:
+        plt.close(fig)
     return path
+
+
+def save_npz(path: Path, arrays: dict) -> None:
+    """np.savez into exactly `path` (given a file name, NumPy would add .npz to it)."""
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def embed(argv: list[str]) -> None:
@@ -109,9 +117,7 @@ def embed(argv: list[str]) -> None:
     if classes is not None:
         arrays["classes"] = np.asarray(classes)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".embeddings.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, target)
+    write_atomic(target, lambda tmp: save_npz(tmp, arrays))
     print(f"embed: {len(names)} images of {cfg['images']} -> {features.shape[1]}-d features ({compute.precision}): {target}")
     if e["query"] is not None:
         png = draw_neighbours(images, features, names, int(e["query"]), out / "retrieval.png", int(e["neighbours"]),

@@ -22,6 +22,8 @@ import math
 import sys
 from pathlib import Path
 
+from tasks.common.atomic import write_atomic
+
 # summary series drawn per client in accuracy.png: {name: ((key, label), ...)}
 PER_CLIENT_CURVES = {"retrieval": (("rank1", "rank-1"), ("mAP", "mAP")),
                      "detection": (("map", "mAP@[.5:.95]"), ("map_50", "mAP@0.5"))}
@@ -53,9 +55,12 @@ def client_series(rounds: list[dict], key: str) -> dict[str, list[tuple[int, obj
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Lay out, write and close `fig`; returns `path`."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    try:
+        fig.tight_layout()
+        kind = Path(path).suffix.lstrip(".") or "png"  # the temp file's own suffix is .tmp
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=kind))
+    finally:
+        pyplot().close(fig)
     return path
 
 

@@ -10,15 +10,17 @@ Nothing is written until `start()`: a run refused before training leaves no outp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
+from app.outputs import refuse_taken
 from app.plots import write_plots
 from app.progress import Progress
 from app.summary import SummarySchema, fail
+from tasks.common import atomic
 from tasks.common.memory import release_memory
 
 log = logging.getLogger("fedssl")
@@ -26,9 +28,26 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's j
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    """`data` as JSON at `path`, whole or not at all (no temp file left when the write fails)."""
+    atomic.write_json_atomic(path, data)
+
+
+class RunLog(logging.FileHandler):
+    """The run's main.log; when it cannot be written (a full disk) it says so once, in one line on
+    stderr, and the run goes on logging to the console only (no traceback per log line)."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.broken:
+            self.broken = True
+            err = sys.exc_info()[1]
+            print(f"warning: cannot write {self.baseFilename} ({getattr(err, 'strerror', None) or err}); "
+                  f"the run's log goes on on the console only", file=sys.stderr, flush=True)
 
 
 class RunReport:
@@ -36,6 +55,7 @@ class RunReport:
         self.cfg, self.out_dir, self.schema = cfg, Path(out_dir), schema
         self.path = self.out_dir / "summary.json"
         self.resume_state, self.wandb, self.log_file = resume_state, None, None
+        self.unsaved: str | None = None  # why summary.json could not be written at the end, if it could not
         if resume_state is not None:
             k = int(resume_state["round"])
             self.summary = schema.resumed(resume_state["summary"], cfg, str(self.out_dir), k)
@@ -48,8 +68,10 @@ class RunReport:
 
     def start(self) -> None:
         """Create the output directory, write summary.json, log to its main.log, start (or resume) W&B."""
+        if self.resume_state is None:
+            refuse_taken(self.out_dir)  # checked before the run was built; again now that it starts
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file = logging.FileHandler(self.out_dir / "main.log")
+        self.log_file = RunLog(self.out_dir / "main.log")
         self.log_file.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(self.log_file)
         resume_id = self.resume_state.get("wandb_run_id") if self.resume_state else None
@@ -88,8 +110,9 @@ class RunReport:
 
     # ------------------------------------------------------------------ end of run
     def fail(self, error: str) -> None:
+        """Mark the run failed with `error`; never raises (a full disk is noted in `unsaved`)."""
         fail(self.summary, error)
-        self._save()
+        self._save_at_end()
 
     def finish(self) -> dict:
         self.progress.close()
@@ -98,8 +121,9 @@ class RunReport:
                 f"the federation stopped after {len(self.summary['rounds'])} of "
                 f"{self.cfg['num_rounds']} rounds; see the log above"))
         self.summary["wall_seconds"] = time.perf_counter() - self.t0
-        self._save()
-        plots = self._plots()
+        if not self._save_at_end() and self.summary["status"] == "completed":
+            fail(self.summary, self.unsaved)  # the run's result is not on disk: not a completed run
+        plots = self._plots() if self.unsaved is None else []
         if self.wandb is not None:
             if plots:
                 import wandb
@@ -110,6 +134,7 @@ class RunReport:
             self.wandb.summary["status"] = self.summary["status"]
             self.wandb.finish(exit_code=0 if self.summary["status"] == "completed" else 1)
             self.wandb = None
+        self._closing_line()
         if self.log_file is not None:
             logging.getLogger().removeHandler(self.log_file)
             self.log_file.close()
@@ -128,5 +153,35 @@ class RunReport:
     def closing_line(self) -> str:
         return self.schema.closing_line(self.summary)
 
+    def _closing_line(self) -> None:
+        """The run's last line: `done: ...` on the console and in main.log; a failed run's reason in
+        main.log only (main.py prints it on the console as the command's error)."""
+        if self.summary["status"] == "completed":
+            log.info(self.closing_line())
+        elif self.log_file is not None:
+            self.log_file.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                                f"failed: {self.summary['error']}", None, None))
+
     def _save(self) -> None:  # after start(), which made out_dir
         write_json_atomic(self.path, self.summary)
+
+    def _save_at_end(self) -> bool:
+        """Save summary.json as a run ends; an OSError (a full disk) is kept in `unsaved`, not raised,
+        so that the error that ended the run is the one reported (summary.json keeps its last version)."""
+        try:
+            self._save()
+        except OSError as err:
+            self.unsaved = f"{self.path} could not be written ({err.strerror or err}), it still shows the run " \
+                           f"as of its last saved round"
+            return False
+        self.unsaved = None
+        return True
+
+    def failure_line(self) -> str:
+        """One line for a failed run: why, where its results are, how to continue it."""
+        state = self.out_dir / "state" / "server.pt"
+        again = (f"; once the cause is fixed, continue it from its last saved round with resume={self.out_dir}"
+                 if state.is_file() else "")
+        where = self.unsaved or f"results so far: {self.path}"
+        where = "" if where == self.summary["error"] else f" ({where})"
+        return f"run failed: {self.summary['error']}{where}{again}"

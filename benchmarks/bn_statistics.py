@@ -21,8 +21,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from protocol.checks import ConfigError  # noqa: E402
+from protocol.messages import few  # noqa: E402
 from tasks.common.arrays import set_arrays  # noqa: E402
-from tasks.common.checkpoint import checkpoint_models, load_checkpoint  # noqa: E402
+from tasks.common.checkpoint import CheckpointError, checkpoint_models, load_checkpoint  # noqa: E402
+from tasks.common.data import DataError  # noqa: E402
 from tasks.common.evaluate import recalibrate_batchnorm  # noqa: E402
 from tasks.common.federated_data import evaluation_sets  # noqa: E402
 from tasks.ssl.model import build_federated_method  # noqa: E402
@@ -38,8 +41,16 @@ def compare(checkpoint: str, model: str = "global", data_dir: str | None = None)
     cfg = ck["config"]
     if data_dir:
         cfg["data_dir"] = data_dir
+    kind = (cfg.get("dataset") or {}).get("kind", "images")
+    if kind != "images" or "ssl" not in (cfg.get("strategy") or {}).get("tasks", ["ssl"]):
+        raise CheckpointError(f"{checkpoint} is a checkpoint of strategy={cfg['strategy'].get('name')} on dataset="
+                              f"{cfg['dataset'].get('name')} (kind {kind}); this script compares an SSL encoder's "
+                              f"BatchNorm statistics: give an SSL run's checkpoint_final.pt")
+    models = checkpoint_models(ck)
+    if model not in models:
+        raise CheckpointError(f"--model {model}: {checkpoint} holds the model(s) {few(sorted(models))}; give one of them")
     method, plan, _ = build_federated_method(cfg, cfg["strategy"])
-    set_arrays(method, ck["keys"], checkpoint_models(ck)[model])
+    set_arrays(method, ck["keys"], models[model])
     backbone = getattr(method, plan.eval_encoder).backbone
     aggregated = statistics(backbone)
     net = copy.deepcopy(backbone)
@@ -57,7 +68,10 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="global", help="the checkpoint's model (standalone: a partition id)")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    rows = compare(args.checkpoint, args.model, args.data_dir)
+    try:
+        rows = compare(args.checkpoint, args.model, args.data_dir)
+    except (CheckpointError, DataError, ConfigError) as err:
+        sys.exit(f"error: {' '.join(str(err).split())}")
     print("| BatchNorm layer | var aggregated / re-estimated (median) | abs mean difference / std (median) |")
     print("|---|---|---|")
     for name, ratio, shift in rows:

@@ -7,7 +7,8 @@ Runs `python main.py` once per (partition, method, seed) cell, into
 benchmarks/results>); a finished cell's summary.json is copied to
 <out>/cells/<partition>/<method>/seed<k>.json, committed with the table, and a cell found there or
 completed in its run folder is not rerun, so an interrupted table resumes where it stopped, in
-this session or a later one (an interrupted run continues with resume=). The "random_init" row evaluates the untrained
+this session or a later one (an interrupted run continues with resume=; one that stopped before
+saving any round is moved aside to <cell>.stopped-<time> and run again). The "random_init" row evaluates the untrained
 model of each seed (`mode=evaluate checkpoint=init`). Every column is reported as the mean and
 standard deviation over the seeds finished; next to them, the standard error of one reading
 (sqrt(p (1 - p) / test images) of the cell's own accuracy, averaged over its seeds), the noise of a
@@ -149,8 +150,18 @@ def launch_logged(cmd: list[str], out: Path) -> None:
         raise SystemExit(f"{out} failed (exit {proc.returncode}); log: {log}")
 
 
+def set_aside(out: Path) -> None:
+    """A run folder that cannot be resumed (stopped before its first saved round) is moved to
+    `<out>.stopped-<time>` so that the cell starts again in `out` (main.py never writes over a run)."""
+    if out.exists() and any(out.iterdir()):
+        aside = out.with_name(f"{out.name}.stopped-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        print(f"{out}: stopped before saving a round; moved to {aside}, starting it again", flush=True)
+
+
 def run_resumable(out: Path, overrides: list[str]) -> dict:
-    """One `python main.py` run into `out`: reused when completed, resumed when interrupted."""
+    """One `python main.py` run into `out`: reused when completed, resumed when interrupted, started
+    again (the old folder set aside) when it stopped before saving any round."""
     done = completed(out / "summary.json")
     if done is not None:
         print(f"{out}: done earlier, reusing its summary.json", flush=True)
@@ -158,6 +169,8 @@ def run_resumable(out: Path, overrides: list[str]) -> dict:
     cmd = [sys.executable, "main.py", *overrides, f"output_dir={out}"]
     if out.exists() and (out / "state" / "server.pt").is_file():
         cmd = [sys.executable, "main.py", f"resume={out}"]  # an interrupted cell continues
+    else:
+        set_aside(out)
     t0 = time.perf_counter()
     launch_logged(cmd, out)
     s = json.loads((out / "summary.json").read_text())

@@ -5,7 +5,10 @@
 
 Both runs use the same config; each prints a table per round: the server's wall time for the
 fit phase, the slowest client's own training time inside it, the rest (transport, process start,
-imports, model build, data loading) and evaluation. Writes benchmarks/results/deployment_vs_simulation.json.
+imports, model build, data loading) and evaluation. Writes table.md and table.json under --out
+(default benchmarks/results/deployment_vs_simulation); the two runs, the deployment's working
+folder (SuperLink database, the app copied under flwr-home/, logs) and their logs go under --runs
+(default outputs/benchmarks/deployment_vs_simulation/<date-time>, not committed).
 """
 
 from __future__ import annotations
@@ -72,29 +75,33 @@ def main(argv=None) -> dict:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployment_vs_simulation")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="a new folder for the runs (default: outputs/benchmarks/deployment_vs_simulation/<date-time>)")
     p.add_argument("overrides", nargs="*", default=[])
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    runs = args.runs or ROOT / "outputs" / "benchmarks" / "deployment_vs_simulation" / time.strftime("%Y%m%d-%H%M%S")
+    runs.mkdir(parents=True, exist_ok=True)
     common = ["experiment=smoke", f"num_rounds={args.rounds}", "wandb.mode=disabled", *args.overrides]
-    sim_dir, dep_dir = args.out / "simulation", args.out / "deployment"
-    results = {}
+    sim_dir, dep_dir = runs / "simulation", runs / "deployment"
+    results = {"runs": str(runs)}
     seconds = timed([sys.executable, "main.py", *common, f"num_clients={args.nodes}", f"output_dir={sim_dir}"],
-                    args.out / "simulation.log")
+                    runs / "simulation.log")
     results["simulation"] = {"process_seconds": seconds}
     seconds = timed([sys.executable, "-m", "ops.local_federation", "--nodes", str(args.nodes), "--workdir",
-                     str(dep_dir), *common], args.out / "deployment.log")
+                     str(dep_dir), *common], runs / "deployment.log")
     results["deployment"] = {"process_seconds": seconds}
     for mode, folder in (("simulation", sim_dir), ("deployment", dep_dir / "run")):
         summary = json.loads((folder / "summary.json").read_text())
         results[mode].update(rounds=per_round(summary), run_seconds=summary["wall_seconds"])
 
-    print(f"{args.nodes} clients, {args.rounds} rounds, experiment=smoke {' '.join(args.overrides)}")
-    print("| mode | round | round (s) | fit (s) | slowest client training (s) | fit minus training (s) | eval (s) |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"{args.nodes} clients, {args.rounds} rounds, experiment=smoke {' '.join(args.overrides)}".rstrip(), "",
+             "| mode | round | round (s) | fit (s) | slowest client training (s) | fit minus training (s) | eval (s) |",
+             "|---|---|---|---|---|---|---|"]
     for mode in ("simulation", "deployment"):
         for r in results[mode]["rounds"]:
-            print(f"| {mode} | {r['round']} | {r['round_seconds']:.1f} | {r['fit_seconds']:.1f} | "
-                  f"{r['client_train_seconds']:.2f} | {r['fit_overhead_seconds']:.1f} | {r['eval_seconds']:.1f} |")
+            lines.append(f"| {mode} | {r['round']} | {r['round_seconds']:.1f} | {r['fit_seconds']:.1f} | "
+                         f"{r['client_train_seconds']:.2f} | {r['fit_overhead_seconds']:.1f} | {r['eval_seconds']:.1f} |")
+    print("\n".join(lines))
     results["clientapp_cold_start"] = cold_start([*common, f"num_clients={args.nodes}"])
     cs = results["clientapp_cold_start"]
     print(f"cold start of one ClientApp process: {cs['process_seconds']:.1f} s "
@@ -102,8 +109,10 @@ def main(argv=None) -> dict:
     for mode in ("simulation", "deployment"):
         res = results[mode]
         print(f"{mode}: whole command {res['process_seconds']:.0f} s, federation {res['run_seconds']:.0f} s")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"written: {args.out / 'results.json'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    (args.out / "table.json").write_text(json.dumps(results, indent=2))
+    print(f"written: {args.out / 'table.md'}, {args.out / 'table.json'} (runs and logs: {runs})")
     return results
 
 

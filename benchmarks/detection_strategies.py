@@ -9,7 +9,8 @@ per (strategy, seed), resumable. How each is scored differs and the table says s
 scores a global detector on all sites' test images pooled into one COCO evaluation; where parts
 stay on the sites each site scores its own detector and the figure is the mean over sites weighted
 by test images (`evaluated_by`). The per-site mean is reported for every row, so rows compare on it.
-Writes <out>/table.md, table.json and map_rounds.png.
+Writes <out>/table.md, table.json and map_rounds.png; the runs go under --runs (default
+outputs/benchmarks/detection_strategies, not committed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
-from benchmarks.compare import run_resumable  # noqa: E402
+from benchmarks.compare import default_runs, run_resumable  # noqa: E402
 from benchmarks.detection_transfer import UNITS, site_mean  # noqa: E402
 from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
 
@@ -43,7 +44,7 @@ COLUMNS = {"map": "mAP", "map_50": "mAP@0.5", "site_map": "mAP, mean of sites", 
 def run(name: str, seed: int, args) -> dict:
     overrides = [*STRATEGIES[name][1], "dataset=synthetic_detection", f"num_clients={args.sites}", "experiment=cpu",
                  f"seed={seed}", "wandb.mode=disabled", "progress=false", *args.extra]
-    s = run_resumable(args.out / name / f"seed{seed}", overrides)
+    s = run_resumable(args.runs / name / f"seed{seed}", overrides)
     final = s["final"]
     return {"strategy": name, "seed": seed, "map": final["map"], "map_50": final["map_50"],
             "site_map": site_mean(final, "map"), "site_map_50": site_mean(final, "map_50"),
@@ -85,8 +86,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/detection_strategies")
+    p.add_argument("--runs", type=Path, default=None, help="where the runs go (default: outputs/benchmarks/<--out's path under benchmarks/results>)")
     p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every run")
     args = p.parse_args(argv)
+    args.runs = args.runs or default_runs(args.out)
     cells = [run(name, seed, args) for seed in args.seeds for name in args.strategies]
     text = table(cells)
     at = commit()

@@ -10,7 +10,8 @@ averaging) on the synthetic set (3 sites, `experiment=cpu`) starts from that enc
 the learning table's cells (benchmarks/compare.py, CIFAR-10 sample, `classes`, 5 clients,
 `experiment=cpu`, same seed); a missing one is trained first by the same runner. Gains are paired
 by seed (the synthetic sites, the detector's heads and the SSL run all follow the seed).
-Writes <out>/table.md, table.json and map_rounds.png.
+Writes <out>/table.md, table.json and map_rounds.png; the runs go under --runs (default
+outputs/benchmarks/detection_transfer, not committed).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
-from benchmarks.compare import METHODS, cell_dir, run_cell, run_resumable  # noqa: E402
+from benchmarks.compare import METHODS, cell_dir, default_runs, run_cell, run_resumable  # noqa: E402
 from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
 
 INITS = ["random", "fedu", "fedbyol", "fedsimclr", "standalone", "centralised"]
@@ -43,8 +44,9 @@ def site_mean(final: dict, key: str) -> float:
 
 def ssl_checkpoint(init: str, seed: int, args) -> Path:
     """The learning table's checkpoint of `init` for `seed` (trained now when missing)."""
-    learning = argparse.Namespace(out=args.ssl_out, dataset="cifar10", num_clients=5, preset="cpu", extra=[])
-    path = cell_dir(args.ssl_out, init, "classes", seed) / "checkpoint_final.pt"
+    learning = argparse.Namespace(out=args.ssl_out, runs=default_runs(args.ssl_out), dataset="cifar10",
+                                  num_clients=5, preset="cpu", extra=[])
+    path = cell_dir(learning.runs, init, "classes", seed) / "checkpoint_final.pt"
     if not path.is_file():
         run_cell(init, "classes", seed, learning)
     return path
@@ -55,7 +57,7 @@ def run(init: str, seed: int, args) -> dict:
     overrides = [f"strategy={args.strategy}", "dataset=synthetic_detection", f"num_clients={args.sites}", "experiment=cpu",
                  f"seed={seed}", "wandb.mode=disabled", "progress=false", f"detection.backbone_init={source}",
                  *args.extra]
-    s = run_resumable(args.out / init / f"seed{seed}", overrides)
+    s = run_resumable(args.runs / init / f"seed{seed}", overrides)
     return {"init": init, "seed": seed, "strategy": args.strategy, "map": s["final"]["map"], "map_50": s["final"]["map_50"],
             "site_map_50": site_mean(s["final"], "map_50"),
             "per_site": {k: v["map_50"] for k, v in s["final"]["per_client"].items()},
@@ -115,8 +117,11 @@ def parse(argv=None):
     p.add_argument("--strategy", default="fedavg", help="fedavg (FedVision, default) or fedpav (heads local)")
     p.add_argument("--ssl-out", type=Path, default=ROOT / "benchmarks/results/learning/cifar10")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/detection_transfer")
+    p.add_argument("--runs", type=Path, default=None, help="where the runs go (default: outputs/benchmarks/<--out's path under benchmarks/results>)")
     p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every detection run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.runs = args.runs or default_runs(args.out)
+    return args
 
 
 def main(argv=None) -> dict:

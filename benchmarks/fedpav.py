@@ -5,7 +5,8 @@
 One `python main.py` run per method (resumable: finished runs are read back, interrupted ones
 continue), evaluated every round. Writes table.md (rank-1 and mAP per client and averaged,
 best and last round, wall time), table.json and rank1_rounds.png (mean rank-1 against rounds,
-one line per method) under benchmarks/results/fedpav/.
+one line per method) under benchmarks/results/fedpav/; the runs go under --runs (default
+outputs/benchmarks/fedpav, not committed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compare import ROOT, run_resumable
+from compare import ROOT, default_runs, run_resumable
 from tables import write_results
 
 METHODS = {
@@ -96,14 +97,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--kd-every", type=int, default=2, help="distillation every N rounds (reference: 10 of 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fedpav")
+    p.add_argument("--runs", type=Path, default=None, help="where the runs go (default: outputs/benchmarks/<--out's path under benchmarks/results>)")
     p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every run")
     args = p.parse_args(argv)
+    args.runs = args.runs or default_runs(args.out)
     common = [f"dataset={args.dataset}", f"num_clients={args.num_clients}", f"experiment={args.preset}",
               f"num_rounds={args.rounds}", "eval_every=1", f"seed={args.seed}", "wandb.mode=disabled", *args.extra]
     rows = []
     for m in args.methods:
         kd = [f"strategy.kd_every={args.kd_every}"] if "strategy=fedpav" in METHODS[m][1] else []
-        rows.append(row(m, run_resumable(args.out / m, [*METHODS[m][1], *kd, *common])))
+        rows.append(row(m, run_resumable(args.runs / m, [*METHODS[m][1], *kd, *common])))
     head = (f"{args.dataset}, {args.num_clients} clients, experiment={args.preset}, {args.rounds} rounds, "
             f"KD every {args.kd_every} rounds, seed {args.seed} {' '.join(args.extra)}").rstrip()
     write_results(args, rows, markdown(rows, head), plot, "rank1_rounds.png")

@@ -7,10 +7,11 @@
 #      images each; in Flower's simulation when Ray is installed, else as a local deployment
 #      (SuperLink + SuperNodes on this machine, python -m ops.local_federation).
 # Usage: bash benchmarks/gpu_check.sh [output folder]   (needs FEDSSL_DATA_DIR with cifar100.npz,
-# or cifar10-sample.npz with DATASET=cifar10). Prints everything; results land in the folder.
+# or cifar10-sample.npz with DATASET=cifar10). Prints everything; results land in the folder
+# (default: a new outputs/gpu_check/<date-time>; a folder that already holds fedu/ is refused by main.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-${OUT:-outputs/gpu_check}}"
+OUT="${1:-${OUT:-outputs/gpu_check/$(date +%Y%m%d-%H%M%S)}}"
 DATASET="${DATASET:-cifar100}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -33,7 +34,7 @@ RUN=(strategy=fedu "dataset=$DATASET" num_clients=5 experiment=paper num_rounds=
      checkpoint_every=0 wandb.mode=disabled device=cuda)
 START=$(date +%s)
 if "$PY" -c "import ray" 2>/dev/null; then
-  "$PY" main.py "${RUN[@]}" "output_dir=$OUT/fedu" 2>&1 | grep -E "round [0-9]+/|done:|compute:" || true
+  "$PY" main.py "${RUN[@]}" "output_dir=$OUT/fedu" 2>&1 | grep -E "round [0-9]+/|done:|compute:|error:" || true
   SUMMARY="$OUT/fedu/summary.json"
 else
   "$PY" -m ops.local_federation --nodes 5 --insecure --workdir "$OUT/fedu" "${RUN[@]}" 2>&1 | tail -5 || true

@@ -6,7 +6,9 @@ Pre-trains `strategy=sdr` on CIFAR-100 (resumable: a finished run is reused), th
 `mode=route` for each downstream set: the CIFAR-10 sample, MNIST and CIFAR-100 superclass
 subsets. For each it reports the routed path's test kNN accuracy (path chosen on a validation
 split of the downstream training set), the full SDRnet's, the mean over paths and the best path
-in hindsight. Writes table.md and table.json under benchmarks/results/sdr/.
+in hindsight. Writes table.md and table.json under benchmarks/results/sdr/; the pre-training run
+and the routings go under --runs (default outputs/benchmarks/sdr, not committed; a finished
+routing is reused).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compare import ROOT, run_resumable
+from compare import ROOT, default_runs, run_resumable
 
 DOWNSTREAM = {
     "cifar10": ["dataset=cifar10"],
@@ -40,19 +42,24 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--partition", default="classes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sdr")
+    p.add_argument("--runs", type=Path, default=None, help="where the runs go (default: outputs/benchmarks/<--out's path under benchmarks/results>)")
     p.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for the pre-training run")
     args = p.parse_args(argv)
-    pre = run_resumable(args.out / "pretrain", [
+    args.runs = args.runs or default_runs(args.out)
+    pre = run_resumable(args.runs / "pretrain", [
         "strategy=sdr", "dataset=cifar100", f"partition={args.partition}", f"num_clients={args.num_clients}",
         f"experiment={args.preset}", f"seed={args.seed}", "wandb.mode=disabled", *args.extra])
     rows = []
     for name, overrides in DOWNSTREAM.items():
-        folder = args.out / "route" / name.replace(":", "").replace(" + ", "-").replace(" ", "_")
+        folder = args.runs / "route" / name.replace(":", "").replace(" + ", "-").replace(" ", "_")
         cmd = [sys.executable, "main.py", "mode=route", f"checkpoint={pre['checkpoint']}", *overrides,
                f"seed={args.seed}", f"output_dir={folder}"]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"routing {name} failed:\n{proc.stderr[-3000:]}")
+        if (folder / "route.json").is_file():  # routed earlier (mode=route never writes over a route.json)
+            print(f"{folder}: done earlier, reusing its route.json", flush=True)
+        else:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"routing {name} failed:\n{proc.stderr[-3000:]}")
         r = json.loads((folder / "route.json").read_text())
         tests = [x["test_knn"] for x in r["ranked"]]
         rows.append({"downstream": name, "classes": r["num_classes"], "chosen_path": r["chosen"]["path"],

@@ -17,7 +17,8 @@ Sections (each saved to results.json as soon as it is measured, so an interrupte
 - easyfl: the FedU reference code's work (5 clients x 1,000 CIFAR-10 images x 1 epoch, width 1.0,
   batch 128) on our side, against the reference's figures measured on this kind of machine;
 - accuracy: kNN at the cpu preset, fp32 against bf16 and each transfer_dtype, seeds 0 and 1.
-Writes results.json, table.md, table.json and speed.png to --out.
+Writes results.json, table.md, table.json and speed.png to --out; the runs go under --runs (default
+outputs/benchmarks/speed, not committed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -33,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare import run_resumable  # noqa: E402
+from benchmarks.compare import default_runs, run_resumable  # noqa: E402
 from benchmarks.speed_parts import (  # noqa: E402
     bare_byol,
     knn_seconds,
@@ -94,7 +96,7 @@ def section_compile(args) -> dict:
 
 
 def run(name: str, overrides: list[str], args) -> dict:
-    return run_resumable(args.out / "runs" / name, [*COMMON, *overrides])
+    return run_resumable(args.runs / name, [*COMMON, *overrides])
 
 
 def section_busy(args) -> dict:
@@ -119,8 +121,10 @@ def section_knn(args) -> dict:
 
 
 def section_memory(args) -> dict:
-    folder = args.out / "runs" / "memory_100_clients"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = args.runs / "memory_100_clients"
+    if folder.exists():  # measured again (--redo): the earlier run's figures are in results.json already
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "main.py", *COMMON, "experiment=paper", "num_clients=100", "fraction_fit=0.1",
            "examples_per_client=64", "batch_size=32", "num_rounds=10", "local_epochs=1", "eval_every=0",
            "eval.linear=false", "eval.bank_size=2000", "eval.test_size=1000", "checkpoint_every=0",
@@ -196,7 +200,10 @@ def main(argv=None) -> None:
     ap.add_argument("--knn-images", type=int, default=3000)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     ap.add_argument("--variants", nargs="*", help="accuracy: only these variants (e.g. fp32 bf16)")
+    ap.add_argument("--runs", type=Path, default=None, help="where the runs go (default: outputs/benchmarks/<--out's "
+                                                             "path under benchmarks/results>)")
     args = ap.parse_args(argv)
+    args.runs = args.runs or default_runs(args.out)
     os.environ.setdefault("FEDSSL_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"

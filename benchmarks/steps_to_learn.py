@@ -15,7 +15,8 @@ The variants are the shared recipe options (the same choice then applies to ever
 reference (the reference code's colour jitter 0.8/0.8/0.8/0.2, predictor at the base learning
 rate), jitter (the BYOL paper's 0.4/0.4/0.2/0.1), predictor (ssl.predictor_lr_mult=10), both.
 Each finished cell is written to <out>/cells/<variant>-seed<k>.json and not rerun (the command
-resumes); table.md, table.json and knn_steps.png (mean over seeds per variant) come last.
+resumes); table.md, table.json and knn_steps.png (mean over seeds per variant) come last. A cell's
+log goes to outputs/benchmarks/<out's path under benchmarks/results>/<variant>-seed<k>.log.
 This is the upper bound of what one client can reach at that many steps; the federated runs
 (benchmarks/learning.py) are the result.
 """
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import compose, to_plain  # noqa: E402
 from app.plots import pyplot, save_figure  # noqa: E402
+from benchmarks.compare import default_runs  # noqa: E402
 from benchmarks.tables import commit, fmt, mean_std, write_results  # noqa: E402
 from tasks.common.evaluate import features_on, knn_scores, recalibrate_batchnorm  # noqa: E402
 from tasks.common.federated_data import dataset_from_cfg, evaluation_sets  # noqa: E402
@@ -135,7 +137,7 @@ def run_cells(args, todo: list[tuple[str, int]]) -> None:
     while queue or running:
         while queue and len(running) < args.jobs:
             variant, seed = queue.pop(0)
-            log = cell_path(args.out, variant, seed).with_suffix(".log")
+            log = default_runs(args.out) / f"{variant}-seed{seed}.log"  # under outputs/, not with the table
             log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, __file__, "--cell", variant, str(seed), *forwarded(args)]
             print("running:", " ".join(cmd[1:]), f"({threads} threads; log {log})", flush=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.common.atomic import write_json_atomic
 from tasks.common.checkpoint import UntrustedFileError, load_file, plain, save_atomic, unplain
 
 _FILE = re.compile(r"^round-(\d+)\.pt$")
@@ -90,8 +91,6 @@ def recover(folder: Path, run_token: str, session: str, resume_round: int
     elif marker.get("session") != session:
         clear(folder, after=resume_round)  # written after the checkpoint the server resumed from
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"run": run_token, "session": session}))
-    tmp.replace(folder / MARKER)
+    write_json_atomic(folder / MARKER, {"run": run_token, "session": session})
     rounds = rounds_on_disk(folder)
     return (rounds[-1], *load(folder, rounds[-1])) if rounds else None

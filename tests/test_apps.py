@@ -29,7 +29,8 @@ def test_deployment_server_app_builds_from_run_config_overrides(data_dir, cache_
     federation.report.start()
     assert (tmp_path / "srv" / "summary.json").is_file()  # ... then summary.json at once
     ctx = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(),
-                  run_config={"overrides": overrides.replace("strategy=fedu", "strategy=standalone")})
+                  run_config={"overrides": overrides.replace("strategy=fedu", "strategy=standalone")
+                              .replace("srv", "srv2")})  # a new run: never into the first one's folder
     assert isinstance(deployment.server_federation(ctx).strategy, Standalone)
 
 

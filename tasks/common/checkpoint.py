@@ -10,13 +10,14 @@ version of this project, which pickled NumPy objects, or planted) is refused, ne
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path, PurePath
 
 import numpy as np
 import torch
+
+from tasks.common.atomic import write_atomic
 
 FORMAT = "fedssl-checkpoint-v1"
 ARRAY = "__ndarray__"  # {ARRAY: tensor} stands for a NumPy array; {ARRAY: list, "dtype": str} for text arrays
@@ -78,11 +79,7 @@ def unplain(value):
 def save_atomic(payload, path: str | Path) -> Path:
     """torch.save to a temp file, then rename: a crash never leaves half a file. The payload must
     load with weights_only=True (pass it through `plain` first when it may hold NumPy values)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))  # no .tmp left when it fails (disk full)
 
 
 def load_file(path: str | Path, what: str = "file"):

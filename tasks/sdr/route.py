@@ -12,12 +12,12 @@ its linear-probe accuracy reported. Writes route.json next to the exported backb
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tasks.common.arrays import set_arrays
+from tasks.common.atomic import write_json_atomic
 from tasks.common.data import DataError, balanced_subset, take_rows
 from tasks.common.evaluate import features_on, knn_score, probe_score
 from tasks.common.federated_data import dataset_from_cfg
@@ -90,7 +90,7 @@ def route(trained: dict, keys: list[str], arrays: list[np.ndarray], cfg: dict, o
               "ranked": ranked, "full": full, "chosen": best,
               "mean_path_test_knn": float(np.mean([p["test_knn"] for p in paths])),
               "exported_backbone": exported, "exported_linear_accuracy": probe}
-    (out / "route.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "route.json", report)
     return report
 
 
