@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from app.config import override_value
+from app.environment import check_machine
 from app.offline import INIT, evaluation_setup
 from app.registry import TASKS, Task, task_of
 from tasks.common.checkpoint import CheckpointError, load_checkpoint
@@ -51,6 +52,9 @@ def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None):
     except CheckpointError as err:
         raise CheckpointError(_one_line(f"mode={mode}: {err}; expected a run's checkpoint_final.pt "
                                         f"(format fedssl-checkpoint-v1)")) from None
+    # this machine has the device, and the folder the results go to can be written (embed's forward
+    # runs in the configured precision: warned when slow here)
+    check_machine(cfg, cfg.get("output_dir") or Path(source).parent, warn=mode == "embed")
     task = task_of(cfg)
     if task.learned is None or (needs is not None and task.learned_output != needs):
         able = [name for name, t in TASKS.items() if t.learned is not None and needs in (None, t.learned_output)]

@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from app.audit import UpdateAudit
+from app.environment import check_machine
 from app.registry import STRATEGY_META, not_constructor_args, task_of
 from app.report import RunReport
 from app.resume import save_state, set_rng_states
@@ -164,8 +165,12 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
     """Check everything that can be checked before training, and build the server side
     (`deployed`: for SuperNodes, whose data the server may not hold)."""
     validate(cfg)
+    check_machine(cfg, out_dir or cfg.get("output_dir"), "resume" if resume_state else "output_dir",
+                  computes=not deployed)
     task = task_of(cfg)
     task.preflight(cfg)
+    if not deployed:  # the simulation reads every client's data itself: no SuperNode serves its own
+        task.simulation_preflight(cfg)
     layout, initial = task.layout(cfg, task.layout_options(cfg))
     if resume_state is not None:
         if resume_state["layout"] != layout.fingerprint:

@@ -30,7 +30,7 @@ from protocol.fields import Metric, Series, TaskMetrics
 from protocol.layout import Layout
 from tasks.common.federated_data import check_partitions, partitions
 from tasks.common.local import LocalResult, LocalRound
-from tasks.detection.data import check_detection_data
+from tasks.detection.data import check_detection_data, check_simulated_sites
 from tasks.detection.evaluator import DetectionEvaluator
 from tasks.detection.local import local_evaluate as detection_evaluate
 from tasks.detection.local import local_round as detection_round
@@ -69,6 +69,8 @@ class Task:
     client_fields(cfg): per-client values of its own that the round's console line shows.
     learned(cfg, layout, arrays) -> the network its evaluator uses, for mode=export, predict and embed
         (tasks/common/export.Learned); learned_output: what that network gives (features, detections).
+    simulation_preflight(cfg): what a simulation refuses on top of preflight: it reads every client's
+        data itself, where a deployment's SuperNodes may serve their own (local-data).
     """
 
     name: str
@@ -86,6 +88,7 @@ class Task:
     client_fields: Callable[[dict], tuple] = lambda cfg: ()
     learned: Callable | None = None
     learned_output: str | None = None
+    simulation_preflight: Callable[[dict], None] = lambda cfg: None
 
 
 REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
@@ -151,7 +154,8 @@ TASKS = {
                     final=(Metric("map_75", "mAP@0.75"), Metric("mar_100", "AR@100")),
                     series=Series("detection", (("map", "map"), ("map_50", "map_50")), per_client=True)),
         config=tasks.detection.CONFIG, layout_options=detection_options, local_evaluate=detection_evaluate,
-        learned=tasks.detection.export.learned, learned_output=tasks.detection.export.OUTPUT),
+        learned=tasks.detection.export.learned, learned_output=tasks.detection.export.OUTPUT,
+        simulation_preflight=check_simulated_sites),
 }
 
 def strategy_targets() -> tuple[str, ...]:

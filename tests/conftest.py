@@ -28,6 +28,20 @@ def smoke_run(out: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> Pa
     return out
 
 
+def initial_checkpoint(path: Path, *line: str) -> Path:
+    """A checkpoint of the initial model of `line` (the smoke preset), with the config a run records."""
+    from app.config import recompose
+    from app.federation import build_layout
+    from tasks.common.checkpoint import save_checkpoint
+
+    line = ["experiment=smoke", *line]
+    cfg = dict(recompose(line, []), command_line=line)
+    layout, arrays = build_layout(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, cfg, layout.keys, {"global": arrays}, 1)
+    return path
+
+
 SLOW = os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("FEDSSL_SLOW_TESTS") == "1"
 
 

@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from app.commands import run_command
-from app.config import recompose
-from app.federation import build_layout
 from app.offline import evaluation_setup
-from tasks.common.checkpoint import CheckpointError, save_checkpoint
+from tasks.common.checkpoint import CheckpointError
 from tasks.common.data import DataError
 from tasks.common.export import ExportError, RTOL, batch_of, torchvision_resnet
 from tasks.common.precision import compute_for
 from tasks.common.training import resolve_device
-from tests.conftest import main_py, smoke_run
+from tests.conftest import initial_checkpoint, main_py, smoke_run
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("safetensors")
@@ -120,22 +118,12 @@ def test_an_existing_export_is_never_replaced(exported, ssl_run, data_dir):
     assert (out / "encoder.onnx").stat().st_mtime_ns == before and not list(out.glob(".export-*"))
 
 
-def _checkpoint(path, line):
-    """A checkpoint of the initial model of `line` (the smoke preset), as a run writes it."""
-    line = ["experiment=smoke", *line]
-    cfg = dict(recompose(line, []), command_line=line)
-    layout, arrays = build_layout(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, cfg, layout.keys, {"global": arrays}, 1)
-    return path
-
-
 def test_under_local_batchnorm_the_export_carries_statistics_reestimated_as_the_evaluator_does(tmp_path, data_dir):
     from safetensors.torch import load_file
 
     from tasks.ssl.evaluator import RepresentationEvaluator
 
-    ckpt = _checkpoint(tmp_path / "bnlocal" / "checkpoint_final.pt", ["strategy=fedu", "dataset=cifar10", "strategy.bn=local"])
+    ckpt = initial_checkpoint(tmp_path / "bnlocal" / "checkpoint_final.pt", "strategy=fedu", "dataset=cifar10", "strategy.bn=local")
     run_command(["mode=export", f"checkpoint={ckpt}", f"data_dir={data_dir}"])
     card = json.loads((ckpt.parent / "encoder.json").read_text())
     assert card["batchnorm"]["statistics"] == "reestimated" and "evaluation bank (200 cifar10" in card["batchnorm"]["detail"]
@@ -156,7 +144,7 @@ def test_under_local_batchnorm_the_export_carries_statistics_reestimated_as_the_
 def test_fedpav_and_sdr_export_the_network_their_evaluators_use(tmp_path, data_dir, line, rebuild):
     from safetensors.torch import load_file
 
-    ckpt = _checkpoint(tmp_path / "run" / "checkpoint_final.pt", line)
+    ckpt = initial_checkpoint(tmp_path / "run" / "checkpoint_final.pt", *line)
     run_command(["mode=export", f"checkpoint={ckpt}", f"data_dir={data_dir}"])
     card = json.loads((ckpt.parent / "encoder.json").read_text())
     assert card["checks"]["onnx"]["check"]["max_abs_diff"] <= card["checks"]["onnx"]["check"]["tolerance"]

@@ -119,17 +119,14 @@ def _load_torchvision(data_dir: Path, info: DatasetInfo, download: bool) -> dict
     return out
 
 
-def _missing_data_message(data_dir: Path, info: DatasetInfo, download: bool, err: Exception | None) -> str:
+def _missing_data_message(data_dir: Path, info: DatasetInfo, download: bool, err: Exception | None,
+                          existed: bool = True) -> str:
     looked = [str(p) for p in _npz_candidates(data_dir, info)] + [str(data_dir / info.torchvision_folder)]
-    hint = (
-        f"dataset '{info.name}' not found. Looked for: {', '.join(looked)}.\n"
-        f"Fix: put {info.npz_file} (keys x_train, y_train, x_test, y_test) in {data_dir}, "
-        f"or set data_dir=<folder with it> (or FEDSSL_DATA_DIR), "
-        f"or allow torchvision to download it there with data_download=true when online."
-    )
-    if download and err is not None:
-        hint += f"\nDownload attempt failed: {err}"
-    return hint
+    where = f"data_dir={data_dir} does not exist" if not existed else f"looked for {', '.join(looked)}"
+    failed = f"; the download failed ({' '.join(str(err).split())})" if download and err is not None else ""
+    return (f"dataset '{info.name}' not found ({where}{failed}): put {info.npz_file} (keys x_train, y_train, x_test, "
+            f"y_test) in {data_dir}, or set data_dir=<folder with it> (or FEDSSL_DATA_DIR), or let torchvision "
+            f"download it there with data_download=true when online")
 
 
 def _source_fingerprint(path: Path) -> str:
@@ -169,6 +166,7 @@ def load_dataset(name: str, data_dir: str, cache_dir: str, download: bool = Fals
     """Load (and cache) a dataset; cached per process so Ray actors read it once."""
     info = dataset_info(name)
     root = Path(data_dir).expanduser().resolve()
+    existed = root.is_dir()  # (a failed download may leave it created)
     source = next((p for p in _npz_candidates(root, info) if p.is_file()), None)
     tv_folder = root / info.torchvision_folder
     if source is not None:
@@ -178,7 +176,7 @@ def load_dataset(name: str, data_dir: str, cache_dir: str, download: bool = Fals
         key = f"{info.name}-torchvision-{hashlib.sha1(str(tv_folder.resolve()).encode()).hexdigest()[:12]}"
         loader = lambda: _load_torchvision(root, info, download)  # noqa: E731
     else:
-        raise DataError(_missing_data_message(root, info, download, None))
+        raise DataError(_missing_data_message(root, info, download, None, existed))
 
     folder = Path(cache_dir).expanduser() / key
     if not (folder / "y_test.npy").exists():
@@ -187,9 +185,14 @@ def load_dataset(name: str, data_dir: str, cache_dir: str, download: bool = Fals
         except DataError:
             raise
         except Exception as err:  # torchvision: RuntimeError (not found), URLError (offline)
-            raise DataError(_missing_data_message(root, info, download, err)) from err
+            raise DataError(_missing_data_message(root, info, download, err, existed)) from err
         validate_arrays(arrays, info.num_classes, str(source or tv_folder))
-        _write_cache(folder, arrays)
+        try:
+            _write_cache(folder, arrays)
+        except OSError as err:
+            why = f"{err.strerror or type(err).__name__}: {err.filename or folder}"
+            raise DataError(f"cache_dir={cache_dir}: cannot write the decoded arrays there ({why}); give "
+                            f"cache_dir=<a folder you can write to, with room for them> (or FEDSSL_CACHE_DIR)") from None
     mm = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("x_train", "y_train", "x_test", "y_test")}
     return ImageArrays(name=info.name, num_classes=info.num_classes, **mm)
 

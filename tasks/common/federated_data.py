@@ -7,6 +7,7 @@ from functools import lru_cache
 import numpy as np
 
 from protocol.checks import ConfigError
+from protocol.messages import few
 from tasks.common.data import DataError, ImageArrays, balanced_subset, load_dataset, take_rows
 from tasks.common.local_data import local_images
 from tasks.common.partition import make_partition
@@ -86,6 +87,6 @@ def check_partitions(cfg: dict) -> None:
     small = [k for k, p in enumerate(parts) if len(p) < cfg["batch_size"]]
     if small:
         raise ConfigError(
-            f"clients {small} hold fewer examples than batch_size={cfg['batch_size']} "
+            f"clients {few(small)} hold fewer examples than batch_size={cfg['batch_size']} "
             f"(smallest: {min(len(parts[k]) for k in small)}); lower batch_size or use fewer clients"
         )

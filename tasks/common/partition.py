@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.checks import Bool, Choice, Float, Int
+from protocol.messages import few
 
 # partition.* (conf/partition/*.yaml)
 CONFIG = {
@@ -60,7 +61,7 @@ def by_classes(
         parts.append(np.flatnonzero(np.isin(labels, mine)))
     empty = [k for k, p in enumerate(parts) if len(p) == 0]
     if empty:
-        raise PartitionError(f"classes: clients {empty} got classes with no examples in this dataset")
+        raise PartitionError(f"classes: clients {few(empty)} got classes with no examples in this dataset")
     return parts
 
 

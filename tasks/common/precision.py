@@ -151,6 +151,15 @@ class Compute:
                 "channels_last": self.channels_last, "compile": self.compile}
 
 
+def slow_precision(compute: Compute) -> str | None:
+    """One warning line when the precision runs but is slow on its device (fp16 on a CPU), else None."""
+    if compute.precision == "fp16" and compute.device.type == "cpu":
+        return ("precision=fp16 on a CPU runs about 8x slower than bf16 (CPUs have no fast fp16 arithmetic and fp16 "
+                "adds gradient scaling): on a CPU use precision=bf16, or precision=auto (bf16 where the CPU computes "
+                "it natively, else fp32)")
+    return None
+
+
 def compute_for(cfg: dict, device: torch.device, flags: set[str] | None = None) -> Compute:
     """The run's compute settings on `device` (each client resolves `auto` on its own hardware)."""
     precision, reason = choose_precision(str(cfg.get("precision", "fp32")), device, flags)

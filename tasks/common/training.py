@@ -8,15 +8,27 @@ import math
 import numpy as np
 import torch
 
+from protocol.checks import ConfigError
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged; the message names the client, the round and the step."""
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU; anything else is passed to torch."""
+    """`auto` -> CUDA when present, else CPU; anything else is passed to torch. `cuda`/`cuda:N` on a
+    machine without that GPU is refused (ConfigError, one line) before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no NVIDIA GPU or driver found"
+            raise ConfigError(f"device={device}: CUDA is not available on this machine ({why}); use device=cpu, or "
+                              f"device=auto (a GPU when there is one, else the CPU)")
+        index, count = torch.device(device).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise ConfigError(f"device={device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                              f"use one of them, device=cuda (the first) or device=auto")
     return torch.device(device)
 
 

@@ -169,6 +169,13 @@ def init_from_ssl_checkpoint(net: FCOS, path: str) -> str:
     """Load the encoder of an SSL run's checkpoint (its global model; a standalone run's lowest
     client's) into the detector's backbone; CheckpointError naming the file when it cannot."""
     payload = load_checkpoint(path)
+    trained = payload["config"] if isinstance(payload.get("config"), dict) else {}
+    if (trained.get("dataset") or {}).get("kind") == "detection":
+        raise CheckpointError(
+            f"detection.backbone_init={path} is a checkpoint of task detection (strategy="
+            f"{(trained.get('strategy') or {}).get('name', '?')}, dataset={trained['dataset'].get('name', '?')}): a whole "
+            f"detector, not an SSL encoder; give an SSL run's checkpoint_final.pt (e.g. of strategy=fedu "
+            f"dataset=cifar100), or detection.backbone_init=random")
     models = checkpoint_models(payload)
     name = "global" if "global" in models else min(models, key=lambda n: (len(n), n))
     try:
