@@ -10,6 +10,9 @@ node with its own state dir) runs R rounds with `audit_updates=true`. A driver, 
   partition and state dir;
 - once, after the checkpoint of round --server-kill (default R/2), kills the SuperLink and its
   ServerApp, starts the SuperLink again and resumes the run through `flwr run` (resume=);
+- in the first round after that resume (--resume-kill), kills a random SuperNode as soon as the
+  resumed server first reaches it: as it is asked which partition it serves (`contact`, the
+  default) or once it trains (`train`); `none` leaves that round to the --kill-every schedule;
 - makes one random client send a non-finite update once (it must be rejected, and named).
 At the end it prints rounds completed, updates aggregated and rejected, node failures by round,
 what the driver did, and the audit (app/audit.py): each round's global model recomputed from the
@@ -38,6 +41,10 @@ from ops.loopback import FederationError, LocalFederation  # noqa: E402
 from tasks.common.checkpoint import load_file  # noqa: E402
 
 
+# what a SuperNode's log says when a message of the phase reaches it (Flower's "Receiving: <type> message")
+RESUME_KILL = {"contact": "Receiving: get_properties message", "train": "Receiving: train message", "none": None}
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides on top of the soak's (e.g. strategy=fedbyol)")
@@ -48,6 +55,9 @@ def parse(argv=None):
     p.add_argument("--down", type=float, nargs=2, default=(5.0, 40.0), metavar=("MIN", "MAX"),
                    help="seconds a killed SuperNode stays down")
     p.add_argument("--server-kill", type=int, default=None, help="kill the server after this round (default R/2; 0: never)")
+    p.add_argument("--resume-kill", choices=sorted(RESUME_KILL), default="contact",
+                   help="kill a SuperNode in the first round after the resume: when the server asks its partition "
+                        "(contact), once it trains (train), or not (none)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds for the whole soak")
     p.add_argument("--workdir", type=Path, default=None, help="default: outputs/deployment-chaos/<time>")
     p.add_argument("--data-dir", default=None)
@@ -70,6 +80,8 @@ class Soak:
         self.t0 = time.monotonic()
         self.events: list[dict] = []
         self.down: dict[str, float] = {}  # node -> when to start it again
+        self.resume_victim: tuple[str, int] | None = None  # (node, its log's size at the resume) for --resume-kill
+        self.resumed_run = ""
 
     def note(self, what: str, **info) -> None:
         event = {"t": round(time.monotonic() - self.t0, 1), "what": what, **info}
@@ -120,9 +132,29 @@ class Soak:
             self.restart_due(fed)
             time.sleep(0.5)
         fed.wait_for_nodes(self.args.nodes, timeout=300, watch=["superlink"])
+        if RESUME_KILL[self.args.resume_kill]:  # chosen before the resumed server can reach it
+            name = self.rng.choice(sorted(fed.nodes))
+            self.resume_victim = (name, (fed.logs / f"{name}.log").stat().st_size)
         run_id = fed.submit([o for o in overrides if not o.startswith("output_dir=")] + [f"resume={self.run_dir}"])
         self.note("resumed", from_round=self.saved_round(), run_id=run_id)
+        self.resumed_run = str(run_id)
         return run_id
+
+    def kill_after_resume(self, fed: LocalFederation) -> None:
+        """--resume-kill: the chosen node is killed once the resumed server's first message of the
+        phase reaches it (its partition asked, or its first training), in the resumed run's first round."""
+        name, start = self.resume_victim
+        seen = (fed.logs / f"{name}.log").read_bytes()[start:].decode(errors="replace")
+        if self.args.resume_kill == "train":  # the resumed run's (a late message of the killed one's is not)
+            seen = seen.partition(f"[RUN {self.resumed_run}, ROUND 1]")[2]
+        if RESUME_KILL[self.args.resume_kill] not in seen:
+            return
+        if self.args.resume_kill == "train":
+            time.sleep(self.rng.uniform(0, 4))  # somewhere in its training
+        code = fed.kill(name)
+        self.down[name] = time.monotonic() + self.rng.uniform(*self.args.down)
+        self.resume_victim = None
+        self.note("killed", node=name, round=self.rounds_done() + 1, exit_code=code, after_resume=self.args.resume_kill)
 
     def run(self) -> dict:
         args = self.args
@@ -147,7 +179,11 @@ class Soak:
                     done = self.rounds_done()
                     if not server_killed and self.saved_round() >= args.server_kill and done < args.rounds:
                         run_id, server_killed = self.kill_server(fed, overrides), True
+                        if self.resume_victim:  # that round's kill is the resume kill
+                            next_kill = max(next_kill, self.rounds_done() + args.kill_every)
                         continue
+                    if self.resume_victim:
+                        self.kill_after_resume(fed)
                     if done >= next_kill and done < args.rounds - 1:
                         next_kill = done + args.kill_every
                         self.kill_node(fed)
@@ -165,6 +201,9 @@ class Soak:
         return {"status": status, "wall_seconds": round(time.monotonic() - self.t0, 1)}
 
 
+AFTER_RESUME = {"contact": "as the server asked its partition", "train": "as it trained"}
+
+
 def table(args, result: dict, summary: dict, audit) -> str:
     failures = [f for r in summary.get("rounds", []) for f in r["failures"]]
     rejected = [x for r in summary.get("rounds", []) for x in r["rejected"]]
@@ -180,7 +219,9 @@ def table(args, result: dict, summary: dict, audit) -> str:
              f"| updates rejected | {audit.rejected}: " + "; ".join(
                  f"round {x['round']} client {x['partition_id']} ({x['reason']})" for x in rejected) + " |",
              f"| SuperNodes killed (SIGKILL) and restarted | {len(kills)}: " + ", ".join(
-                 f"{e['node']} in round {e['round']}" for e in kills) + " |",
+                 f"{e['node']} in round {e['round']}" + (
+                     f" (the first after the resume, {AFTER_RESUME[e['after_resume']]})" if e.get("after_resume") else "")
+                 for e in kills) + " |",
              "| server killed and resumed | " + ", ".join(
                  f"from round {e['from_round']}" for e in result["events"] if e["what"] == "resumed") + " |",
              f"| clients that continued from their saved state | {len(restored)}: " + ", ".join(

@@ -10,8 +10,9 @@ Per-round protocol, shared by every strategy:
   a generator seeded by (seed, round) over all `num_clients` partition ids, and aggregated in
   partition-id order, so a rerun is bit-identical;
 - a run's first round (also after a resume) waits until every client is connected; later rounds
-  go on with the clients that are: a chosen client whose node is offline (a SuperNode that was
-  stopped or crashed) is recorded as failed for that round, and takes part again once it is back;
+  go on with the clients that are: a chosen client whose node is offline or lost in any round, the
+  first included (a SuperNode stopped or crashed, also while asked its partition), is recorded as
+  failed for that round, and takes part again once it is back;
 - every client gets its own Instructions in its fit config;
 - nothing a client sends is trusted (strategies/trust.py): its metrics, arrays, example count and
   claimed partition are checked, and a bad value rejects that update for the round, never the run;
@@ -54,7 +55,7 @@ from protocol.weights import NDArrays
 from strategies.cluster_merge import merge_clusters
 from strategies.failures import TrackedClient, error_text, failed_partition
 from strategies.site_evaluation import merge_site_reports
-from strategies.intake import absence, collect_updates, learn_partition_ids, screen_reports
+from strategies.intake import absence, collect_updates, learn_partition_ids, note_identity, screen_reports
 from strategies.trust import ExampleLimits, IdentityBook, aggregate_problem
 
 
@@ -183,10 +184,9 @@ class FedSSL(FedAvg):
             error = absence(self, pid)
             self.record["failures"].append({"partition_id": pid, "round": server_round, "error": error})
             log(WARNING, "round %s: client %s: %s", server_round, pid, error)
-        for note in self.identity_notes:
-            (self.record["rejected"] if "reason" in note else self.record.setdefault("identity", [])).append(
-                {**note, "round": server_round})
-        self.identity_notes = []
+        note_identity(self, server_round)
+        if not chosen:  # Flower would skip the round: it stops, naming every chosen client's failure
+            self.aggregate_fit(server_round - self.round_offset, [], [])
         self.hooks.round_started(server_round, len(chosen))
         return instructions
 
@@ -231,7 +231,7 @@ class FedSSL(FedAvg):
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
         return merge_clusters(self.layout, self.combine(updates), updates,
-                              self.seed, server_round)  # global clusters: federated k-means, not a mean
+                              self.seed, server_round, self.global_arrays)  # global clusters: k-means, not a mean
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
         server_round += self.round_offset

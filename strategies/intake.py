@@ -14,15 +14,19 @@ from flwr.common import FitRes, GetPropertiesIns, log, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
 from protocol.hooks import RunStopped
+from protocol.messages import grouped
 from protocol.transfer import decode
 from protocol.weights import NDArrays
-from strategies.failures import NOT_CONNECTED, error_text, failed_partition
+from strategies.failures import NODE_LOST, NOT_CONNECTED, error_text, failed_partition
 from strategies.trust import arrays_problem, is_int, metrics_problem
 
 
 def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
     """Ask new nodes which partition they serve (within client_timeout) and bind it (IdentityBook);
-    a node that does not answer, or whose claim is refused, takes no part and is recorded."""
+    a node that does not answer, or whose claim is refused, takes no part and is recorded. A node
+    lost meanwhile (the SuperLink's Node Unavailable), or a bound node that cannot answer (the first
+    contact of every node after a resume), is its partition's failure for the round (`absence`), as
+    a loss in any other round: never a reason to stop the run."""
     unknown = [c for c in clients if c.cid not in s.pid_of]
     if not unknown:
         return
@@ -32,16 +36,22 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
             res = c.get_properties(GetPropertiesIns(config={}), timeout=s.client_timeout, group_id=0)
             return c.cid, dict(res.properties).get("partition_id"), None
         except Exception as err:  # noqa: BLE001 - one node's failure is recorded, not raised
-            return c.cid, None, f"node {c.cid} did not say which partition it serves ({error_text(err)})"
+            return c.cid, None, error_text(err)
 
-    connected = {c.cid for c in clients}
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(ask, unknown))
+    lost = {cid for cid, _, failed in answers if failed == NODE_LOST}  # gone: its partition may pass on
+    connected = {c.cid for c in clients} - lost
     contested = s.identity.contested({cid: claimed for cid, claimed, failed in answers if not failed}, connected)
     for cid, claimed, failed in answers:
         disputed = int(claimed) if not failed and is_int(claimed) and int(claimed) in contested else None
+        bound = s.identity.partition_of(cid)
+        if failed and (cid in lost or bound is not None):  # recorded by `absence` as its partition's failure
+            s.identity_notes.append({"node": cid, "partition_id": bound, "failed": failed if cid in lost else
+                                     f"its node {cid} did not say which partition it serves ({failed})"})
+            continue
         if failed:
-            pid, refused, note = None, failed, None
+            pid, refused, note = None, f"node {cid} did not say which partition it serves ({failed})", None
         elif disputed is not None:
             pid, refused, note = None, contested[disputed], None
         else:
@@ -59,11 +69,29 @@ def learn_partition_ids(s, clients: Sequence[ClientProxy]) -> None:
 
 
 def absence(s, pid: int) -> str:
-    """Why partition `pid` takes no part in this round: retired, its claimants refused, or no node."""
+    """Why partition `pid` takes no part in this round: retired, its node lost (or mute) as the server
+    asked it, its claimants refused, a node lost before it said which partition it serves, or no node."""
     if pid in s.retired:
         return f"left the federation: {s.retired[pid]}"
+    failed = [n["failed"] for n in s.identity_notes if "failed" in n and n["partition_id"] == pid]
     refused = [n["reason"] for n in s.identity_notes if n.get("claimed") == pid]
-    return f"no node bound to it ({refused[0]})" if refused else NOT_CONNECTED
+    unbound = [n["node"] for n in s.identity_notes if "failed" in n and n["partition_id"] is None]
+    if failed or refused:
+        return failed[0] if failed else f"no node bound to it ({refused[0]})"
+    if unbound and pid not in s.identity.node_of:
+        who = f"node {unbound[0]}" if len(unbound) == 1 else f"nodes {', '.join(unbound)}"
+        return f"no node bound to it ({who} lost before saying which partition it serves)"
+    return NOT_CONNECTED
+
+
+def note_identity(s, server_round: int) -> None:
+    """The round's identity refusals (`rejected`) and re-bindings (`identity`) into its record;
+    failed contacts are already its absent partitions' failures (`absence`)."""
+    for note in s.identity_notes:
+        if "failed" not in note:
+            (s.record["rejected"] if "reason" in note else s.record.setdefault("identity", [])).append(
+                {**note, "round": server_round})
+    s.identity_notes = []
 
 
 def update_problem(s, pid: int, arrays: NDArrays, num_examples) -> str | None:
@@ -139,8 +167,8 @@ def collect_updates(s, server_round: int, results, failures) -> list[tuple[int, 
             **{k: metrics[k] for k in s.layout.client_metrics if k in metrics},  # the task's own
         }
     if len(updates) < max(1, s.min_fit_clients):
-        errors = "; ".join([*(f"client {f['partition_id']}: {f['error']}" for f in rec["failures"]),
-                            *(f"client {r.get('partition_id')}: {r['reason']}" for r in rec["rejected"])])
+        errors = grouped([*((f["partition_id"], f["error"]) for f in rec["failures"]),
+                          *((r.get("partition_id"), r["reason"]) for r in rec["rejected"])])
         lead = f"{'; '.join(fatal)}: " if fatal else ""  # the clients' own errors say what to change
         raise RunStopped(f"{lead}round {server_round}: only {len(updates)} valid updates, min_fit_clients is "
                          f"{s.min_fit_clients} ({errors or 'no client answered'})")

@@ -151,6 +151,10 @@ class IdentityBook:
         self.node_of[pid] = node
         return pid, None, f"partition {pid} passed from node {owner} (gone) to node {node}"
 
+    def partition_of(self, node: str) -> int | None:
+        """The partition `node` is bound to, or None."""
+        return next((p for p, n in self.node_of.items() if n == node), None)
+
     def contested(self, claims: dict[str, object], connected: set[str]) -> dict[int, str]:
         """{partition: refusal} for partitions that two or more new nodes claim at once (`claims`:
         node -> claimed partition) while neither of them nor any connected node holds it: first

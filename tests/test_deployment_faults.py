@@ -153,3 +153,49 @@ def test_a_node_that_does_not_trust_the_federations_ca_cannot_connect(tmp_path, 
         assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log.lower(), log
     finally:
         fed.stop()
+
+
+def _saved_round(run_dir) -> int:
+    path = run_dir / "state" / "server.pt"
+    try:
+        return load_file(path)["round"] if path.is_file() else 0
+    except Exception:  # noqa: BLE001 - being replaced as we read
+        return 0
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_in_the_first_round_after_a_resume_is_recorded_and_the_run_completes(
+        tmp_path, data_dir, cache_dir):
+    """The resumed server first asks every node which partition it serves: supernode-0 is killed as that
+    question reaches it, so it is lost in the resumed run's first round (before it answers, or as it
+    trains); that round goes on with the other node, records the loss as any round does, and the run
+    completes."""
+    run_dir, log = tmp_path / "run", tmp_path / "fed" / "logs" / "supernode-0.log"
+    common = _overrides(data_dir, cache_dir, "num_rounds=4", "checkpoint_every=1")
+    fed = _federation(tmp_path, data_dir)
+    try:
+        fed.submit(common + [f"output_dir={run_dir}"])
+        _until(lambda: _saved_round(run_dir) >= 2, 600, "the checkpoint of round 2")
+        fed.kill("superlink")
+        k = _saved_round(run_dir)  # the resumed run's first round is k + 1
+        fed.restart("superlink")
+        fed.wait_for_nodes(2, timeout=180, watch=["superlink"])
+        start = log.stat().st_size
+        resumed = fed.submit(common + [f"resume={run_dir}"])
+        _until(lambda: "Receiving: get_properties message" in log.read_bytes()[start:].decode(errors="replace"),
+               600, "the resumed server's first message to supernode-0")
+        assert fed.kill("supernode-0") == -9
+        _until(lambda: len(_summary(run_dir).get("rounds", [])) >= k + 1, 900, f"round {k + 1} without supernode-0")
+        fed.restart("supernode-0")  # same key (so the same node id), partition and state dir
+        assert fed.wait_for_run(resumed, 900)["status"] == "finished:completed"
+    finally:
+        fed.stop()
+    s = _summary(run_dir)
+    assert s["status"] == "completed" and [r["round"] for r in s["rounds"]] == [1, 2, 3, 4]
+    assert s["resumed"][0]["from_round"] == k
+    first = s["rounds"][k]
+    assert first["failures"] == [{"partition_id": 0, "round": k + 1, "error": NODE_LOST}]  # as in any round
+    assert first["rejected"] == [] and sorted(first["clients"]) == ["1"]
+    for r in s["rounds"][k + 1:]:  # back once it is connected again, from its own saved state
+        assert ("0" in r["clients"] and r["clients"]["0"]["state"].startswith("restored:")) or r["failures"] == [
+            {"partition_id": 0, "round": r["round"], "error": NOT_CONNECTED}], r
