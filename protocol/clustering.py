@@ -46,6 +46,8 @@ class MergeResult:
     centroids: np.ndarray  # (k, D) in previous_centroids' dtype
     counts: np.ndarray  # (k,) int64 total counts over clients, before repair
     empty: int  # clusters no client filled (repaired when a donor exists, else kept)
+    refilled: tuple[int, ...] = ()  # the empty clusters repaired from a donor, in repair order
+    donors: tuple[int, ...] = ()  # refilled[i]'s donor (split with it: both clusters changed meaning)
 
 
 def merge_centroids(sums_list, counts_list, previous_centroids, seed: int,
@@ -74,6 +76,7 @@ def merge_centroids(sums_list, counts_list, previous_centroids, seed: int,
     full = total_n > 0
     c[full] = total_s[full] / total_n[full, None]
     rng, left = np.random.default_rng(seed), total_n.copy()
+    refilled, donors = [], []
     for e in np.flatnonzero(~full):
         donor = _pick_donor(left, rng)
         if donor is None:
@@ -82,8 +85,10 @@ def merge_centroids(sums_list, counts_list, previous_centroids, seed: int,
         c[e], c[donor] = c[donor] + delta, c[donor] - delta
         left[e] = left[donor] // 2
         left[donor] -= left[e]
+        refilled.append(int(e))
+        donors.append(donor)
     out = prev.dtype if prev.dtype.kind == "f" else np.float64
-    return MergeResult(c.astype(out), total_n, int((~full).sum()))
+    return MergeResult(c.astype(out), total_n, int((~full).sum()), tuple(refilled), tuple(donors))
 
 
 def weighted_kmeans(points, weights, k: int, iterations: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,9 @@ class Layout:
         feature sums and counts there, the server merges them (strategies/cluster_merge.py).
     global_clusters: the method's clusters or prototypes are the federation's (SPEC §8,
         `ssl.clusters=global`): only a strategy that aggregates can carry them.
+    cluster_heads: (centroids index, head indices) pairs: the uploaded arrays whose row j is the
+        classifier of global cluster j of a `sum_merge` pair (DeepCluster's head weight and bias);
+        the server re-initialises the rows of clusters whose meaning it changed.
     """
 
     keys: list[str]
@@ -59,6 +62,7 @@ class Layout:
     client_metrics: list[str] = field(default_factory=list)
     sum_merge: list[tuple[int, int]] = field(default_factory=list)
     global_clusters: bool = False
+    cluster_heads: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
     def wire_dtypes(self) -> list[str]:
         """Each array's own dtype (float32 where the layout was built without them)."""

@@ -7,6 +7,22 @@ and sends the new centroids with the total counts back down in the same entries.
 (no client started from global clusters yet: each reports `global_clusters_started` 0) starts
 them instead: clients then send the sums and counts of their own k-means clusters, and the server clusters those local centroids, weighted
 by their counts, into the global ones (weighted k-means, as Orchestra starts from local centroids).
+"An empty cluster keeps its previous centroid": the previous centroids are the global model's, as
+sent at the start of the round (`previous`), never the mean of the uploaded sums.
+
+The classifier head tied to the clusters (a layout's `cluster_heads`: arrays whose row j scores
+cluster j) is re-initialised here, on the server, whenever the server changes what its rows mean,
+as DeepCluster re-initialises its head after each re-clustering (Caron et al. 2018, "Deep
+Clustering for Unsupervised Learning of Visual Features"): the whole head when the global clusters
+start (the averaged head classified each client's own k-means clusters, a different numbering on
+every client), and the rows of every empty cluster refilled from a donor and of its donor (the
+donor's points are split between the two, so both classes changed; a level start favours neither
+half). Rows of the other clusters keep their averaged values: a Lloyd step moves a centroid, it
+does not renumber it. Why the server: it owns the global head and is the only one that knows which
+clusters it repaired, and every client then receives the same head with the round's weights (no
+extra instruction, nothing a client could apply differently); seeded by (seed, round), a resumed
+run repeats it. The new rows are DeepCluster's own initialisation: weights drawn from N(0, 0.01^2),
+biases (1-D entries) zero.
 """
 
 from __future__ import annotations
@@ -18,19 +34,46 @@ from protocol.layout import Layout
 from protocol.weights import NDArrays
 
 
-def merge_clusters(layout: Layout, aggregated: NDArrays, updates, seed: int, server_round: int) -> NDArrays:
-    """`aggregated` with every sum-merged pair recomputed from the updates' sums and counts."""
+HEAD_STD = 0.01  # DeepCluster's initialisation of its classifier's weights (biases zero)
+
+
+def reinit_rows(arrays: NDArrays, heads, rows, rng: np.random.Generator) -> None:
+    """Re-initialise rows `rows` of every array in `heads` in place: N(0, HEAD_STD^2) weights, zero biases."""
+    rows = np.asarray(sorted(set(int(r) for r in rows)), np.int64)
+    if len(rows) == 0:
+        return
+    for h in heads:
+        a = arrays[h]
+        if a.ndim >= 2:
+            a[rows] = (HEAD_STD * rng.standard_normal((len(rows), *a.shape[1:]))).astype(a.dtype)
+        else:
+            a[rows] = 0
+
+
+def merge_clusters(layout: Layout, aggregated: NDArrays, updates, seed: int, server_round: int,
+                   previous: NDArrays) -> NDArrays:
+    """`aggregated` with every sum-merged pair recomputed from the updates' sums and counts, and
+    the rows of its tied head re-initialised where the clusters changed meaning. `previous`: the
+    global arrays the round started from (their centroids are what an empty cluster keeps)."""
+    heads = dict(layout.cluster_heads)
     for centroids, counts in layout.sum_merge:
         round_seed = int(np.random.SeedSequence([seed, server_round, 8]).generate_state(1)[0])
+        head_rng = np.random.default_rng([seed, server_round, 9, centroids])
         sums, ns = [u[1][centroids] for u in updates], [u[1][counts] for u in updates]
+        k = len(aggregated[centroids])
         if not any(u[3].get("global_clusters_started", 1.0) for u in updates):
-            local = [(s / n[:, None])[n > 0] for s, n in zip(sums, ns)]
+            local = [s[n > 0] / n[n > 0, None] for s, n in zip(sums, ns)]
             c, total = weighted_kmeans(np.concatenate(local), np.concatenate([n[n > 0] for n in ns]),
-                                       len(aggregated[centroids]), seed=round_seed)
+                                       k, seed=round_seed)
+            changed = range(k)  # a new numbering: every row's class changed
         else:
-            result = merge_centroids(sums, ns, aggregated[centroids], seed=round_seed)
+            result = merge_centroids(sums, ns, previous[centroids], seed=round_seed)
             c, total = result.centroids, result.counts
+            changed = (*result.refilled, *result.donors)
         aggregated[centroids] = np.asarray(c).astype(aggregated[centroids].dtype)
         aggregated[counts] = np.asarray(total).astype(aggregated[counts].dtype)
+        if centroids in heads:
+            for h in heads[centroids]:
+                aggregated[h] = np.array(aggregated[h], copy=True)  # never write into a client's upload
+            reinit_rows(aggregated, heads[centroids], changed, head_rng)
     return aggregated
-

@@ -13,6 +13,7 @@ CONFIG = {
     "detection.weight_decay": Float(min=0), "detection.flip": Bool(), "detection.score_thresh": Float(min=0, max=1),
     "detection.nms_thresh": Float(above=0, max=1), "detection.detections_per_image": Int(min=1),
     "detection.eval_batch_size": Int(min=1), "detection.evaluate": Choice(options=("auto", "server", "clients")),
+    "detection.voc_difficult": Choice(options=("ignore", "include")),
     "strategy.share": Choice(options=("all", "backbone")), "detection.eval_images": Int(min=1, null=True),
     "dataset.format": Choice(options=("voc", "coco")), "dataset.classes": ListOf(item=Text()),
     "dataset.train_split": Text(), "dataset.test_split": Text(),

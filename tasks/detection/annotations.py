@@ -7,7 +7,9 @@ Images without objects are allowed (zero boxes).
 
 - VOC, torchvision's layout: `<root>/Annotations/<id>.xml`, `<root>/JPEGImages/<id>.jpg` and
   `<root>/ImageSets/Main/<split>.txt` (or `<root>/VOCdevkit/VOC20xx/...`); class names from
-  `classes` (default: the 20 VOC classes). VOC's pixel coordinates start at 1: x1 = xmin - 1.
+  `classes` (default: the 20 VOC classes). VOC's pixel coordinates start at 1: x1 = xmin - 1. An
+  object's `<difficult>1</difficult>` is kept in `Sample.difficult` (0 or absent: not difficult);
+  whether evaluation ignores such objects is `detection.voc_difficult` (tasks/detection/data.py).
 - COCO: `<root>/annotations/instances_<split>.json` (or any `instances*.json` there) and the
   images under `<root>/images/` (or `<root>/<split>/`, or `<root>`); boxes are [x, y, w, h];
   category ids are mapped to 1..C in the order of the file's `categories`; crowd regions are left
@@ -40,6 +42,7 @@ class Sample:
     boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in pixels
     labels: np.ndarray  # (N,) int64, 1..C
     size: tuple[int, int]  # (height, width)
+    difficult: np.ndarray | None = None  # (N,) bool, VOC's <difficult> flags (None: no object is)
 
 
 def check_boxes(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int], num_classes: int, where: str) -> None:
@@ -116,7 +119,7 @@ def read_voc(root: str | Path, split: str = "trainval", classes: tuple[str, ...]
         if size is None:
             raise DataError(f"{path}: no <size>")
         hw = (int(_voc_number(size, "height", str(path))), int(_voc_number(size, "width", str(path))))
-        boxes, labels = [], []
+        boxes, labels, difficult = [], [], []
         for obj in tree.findall("object"):
             name = (obj.findtext("name") or "").strip()
             if name not in index:
@@ -127,9 +130,15 @@ def read_voc(root: str | Path, split: str = "trainval", classes: tuple[str, ...]
             xmin, ymin, xmax, ymax = (_voc_number(bb, t, str(path)) for t in ("xmin", "ymin", "xmax", "ymax"))
             boxes.append((xmin - 1, ymin - 1, xmax, ymax))
             labels.append(index[name])
+            flag = (obj.findtext("difficult") or "0").strip()
+            if flag not in ("0", "1"):
+                raise DataError(f"{path}: object '{name}' has <difficult>{flag}</difficult>, expected 0 or 1")
+            difficult.append(flag == "1")
         image = inside_root(voc, voc / "JPEGImages", (tree.findtext("filename") or "").strip() or f"{image_id}.jpg",
                             str(path))
-        samples.append(_sample(image, boxes, labels, hw, len(classes), str(path)))
+        sample = _sample(image, boxes, labels, hw, len(classes), str(path))
+        sample.difficult = np.asarray(difficult, dtype=bool)
+        samples.append(sample)
     return samples
 
 

@@ -30,17 +30,26 @@ class DetectionSet:
     images: list[np.ndarray]  # uint8 (H, W, 3)
     boxes: list[np.ndarray]  # (k, 4) float32 x1 y1 x2 y2, pixels
     labels: list[np.ndarray]  # (k,) int64, 1..C
+    # (k,) bool per image: VOC's difficult objects, which evaluation ignores (None: none are; training
+    # ignores the flags and learns every object, README "Federated object detection")
+    difficult: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def flags(self) -> list[np.ndarray]:
+        """The difficult flags, all False where the set has none."""
+        return self.difficult if self.difficult is not None else [np.zeros(len(y), bool) for y in self.labels]
+
     def take(self, idx) -> DetectionSet:
-        return DetectionSet([self.images[i] for i in idx], [self.boxes[i] for i in idx], [self.labels[i] for i in idx])
+        return DetectionSet([self.images[i] for i in idx], [self.boxes[i] for i in idx], [self.labels[i] for i in idx],
+                            None if self.difficult is None else [self.difficult[i] for i in idx])
 
     @staticmethod
     def joined(sets: list[DetectionSet]) -> DetectionSet:
+        flags = [d for s in sets for d in s.flags()] if any(s.difficult is not None for s in sets) else None
         return DetectionSet([x for s in sets for x in s.images], [b for s in sets for b in s.boxes],
-                            [y for s in sets for y in s.labels])
+                            [y for s in sets for y in s.labels], flags)
 
 
 def num_sites(cfg: dict) -> int:
@@ -90,7 +99,9 @@ def _folder(kind: str, root: str, split: str, classes: tuple[str, ...], max_side
     if not samples:
         raise DataError(f"{root}: the split '{split}' lists no images")
     read = [_shrunk(s, max_side) for s in samples]
-    return DetectionSet([r[0] for r in read], [r[1] for r in read], [s.labels for s in samples])
+    difficult = [s.difficult if s.difficult is not None else np.zeros(len(s.labels), bool) for s in samples]
+    return DetectionSet([r[0] for r in read], [r[1] for r in read], [s.labels for s in samples],
+                        difficult if any(d.any() for d in difficult) else None)
 
 
 def site_root(cfg: dict, site: int) -> str:
@@ -134,9 +145,25 @@ def client_train(cfg: dict, pid: int) -> DetectionSet:
 
 
 def site_test(cfg: dict, site: int) -> DetectionSet:
-    """Site `site`'s test images (never trained on), capped at detection.eval_images (seeded)."""
+    """Site `site`'s test images (never trained on), capped at detection.eval_images (seeded). VOC's
+    difficult objects stay marked for evaluation to ignore (`detection.voc_difficult=ignore`, the
+    VOC protocol's rule) or count as ordinary objects (`include`)."""
     limit = cfg["detection"].get("eval_images")
-    return _capped(site_split(cfg, site, "test"), limit, int(cfg["seed"]) + 1000 + site)
+    data = _capped(site_split(cfg, site, "test"), limit, int(cfg["seed"]) + 1000 + site)
+    if cfg["detection"].get("voc_difficult", "ignore") == "include" and data.difficult is not None:
+        data = DetectionSet(data.images, data.boxes, data.labels)
+    return data
+
+
+def check_simulated_sites(cfg: dict) -> None:
+    """A simulation reads every site's folder from `dataset.roots` (no SuperNode serves its own):
+    a folder dataset without them is refused before anything starts."""
+    d = cfg["dataset"]
+    if d["name"] != "synthetic_detection" and not d.get("roots") and not cfg.get("local_data"):
+        example = ",".join(f"/data/site{k}" for k in range(min(num_sites(cfg), 3))) + (",..." if num_sites(cfg) > 3 else "")
+        raise DataError(f"dataset={d['name']} needs dataset.roots, one folder per site (num_clients={num_sites(cfg)}), "
+                        f"e.g. 'dataset.roots=[{example}]': a simulation reads every site's images from them (a "
+                        f"deployment's SuperNodes may serve their own with --node-config local-data=<folder>)")
 
 
 def check_detection_data(cfg: dict, sites_evaluate: bool = False) -> None:

@@ -1,6 +1,8 @@
 """Server-side detection evaluation (issue 16, SPEC §7), given to the strategy as a hook: COCO
 mAP@[.5:.95] (`map`) and mAP@0.5 (`map_50`) per site and over all sites, with torchmetrics'
-MeanAveragePrecision (pycocotools backend, COCO's own evaluation) rather than code of ours.
+MeanAveragePrecision (pycocotools backend, COCO's own evaluation) rather than code of ours; VOC's
+difficult objects are ignored as the VOC protocol does (tasks/detection/metric.py,
+`detection.voc_difficult`).
 
 The global model is evaluated on every site's test images (`per_client`); the overall figure
 pools every site's images into one COCO evaluation (not the mean of the sites'). Under
@@ -14,29 +16,31 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics.detection import MeanAveragePrecision
 
 from protocol.layout import Layout
 from tasks.common.arrays import set_arrays
 from tasks.common.checkpoint import CheckpointError
 from tasks.common.training import resolve_device
 from tasks.detection.data import DetectionSet, num_sites, site_test
+from tasks.detection.metric import METRICS, DetectionMAP
 from tasks.detection.model import build_detector, sites_keep_parts, upload_keys
 from tasks.detection.train import predict
 
-METRICS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
-
-def mean_average_precision() -> MeanAveragePrecision:
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+def mean_average_precision() -> DetectionMAP:
+    return DetectionMAP()
 
 
 def targets_of(data: DetectionSet) -> list[dict]:
-    return [{"boxes": torch.from_numpy(np.asarray(b, np.float32)).reshape(-1, 4),
-             "labels": torch.from_numpy(np.asarray(y, np.int64))} for b, y in zip(data.boxes, data.labels)]
+    """The evaluation's targets; `difficult` (bool per box) where the data marks VOC's difficult objects."""
+    out = [{"boxes": torch.from_numpy(np.asarray(b, np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(np.asarray(y, np.int64))} for b, y in zip(data.boxes, data.labels)]
+    for t, d in zip(out, data.difficult or []):
+        t["difficult"] = torch.from_numpy(np.asarray(d, bool))
+    return out
 
 
-def scores(metric: MeanAveragePrecision) -> dict:
+def scores(metric: DetectionMAP) -> dict:
     """The metric's COCO figures as floats (-1, COCO's "no such objects", stays -1)."""
     out = metric.compute()
     return {k: float(out[k]) for k in METRICS}

@@ -69,7 +69,9 @@ def ssl_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """The upload layout (with FedU's divergence layers) and the initial global arrays."""
     method, plan, keys = build_federated_method(cfg, options)
     merged = [(keys.index(c), keys.index(n)) for c, n in method.sum_merge if c in keys and n in keys]
+    heads = [(keys.index(c), tuple(keys.index(h) for h in hs)) for c, hs in method.cluster_heads
+             if c in keys and all(h in keys for h in hs)]
     layout = module_layout(method, keys, options=with_defaults(options),
                            divergence_layers=divergence_layers(keys, plan), client_metrics=list(method.CLIENT_METRICS),
-                           sum_merge=merged, global_clusters=method.global_clusters)
+                           sum_merge=merged, global_clusters=method.global_clusters, cluster_heads=heads)
     return layout, get_arrays(method, keys)

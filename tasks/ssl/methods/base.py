@@ -68,6 +68,8 @@ class SSLMethod(nn.Module):
     CLIENT_FIELDS: tuple = ()  # those of them the round's console line shows (protocol.fields.ClientField)
     global_clusters = False  # clusters/prototypes that are the federation's (SPEC §8, ssl.clusters=global)
     sum_merge: tuple[tuple[str, str], ...] = ()  # (centroids key, counts key): uploaded as sums and counts
+    # (centroids key, head keys): entries whose row j scores global cluster j (re-initialised by the server)
+    cluster_heads: tuple[tuple[str, tuple[str, ...]], ...] = ()
     assignments = None  # clustering methods: the latest cluster of each of the client's images
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:  # pragma: no cover - abstract

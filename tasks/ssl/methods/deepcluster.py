@@ -16,8 +16,16 @@ feature: a cluster of fewer than 2 of its images is left out) in `clusters.centr
 `clusters.counts`; the server's new centroid is sum_k s_kj / sum_k n_kj (strategies/cluster_merge.py),
 an empty one repaired as above. The first round starts the global clusters: each client runs its
 own k-means and sends those clusters' sums and counts, and the server clusters the local
-centroids (weighted by counts) into the global ones. The head is tied to the global clusters:
-averaged, re-initialised only in that first round.
+centroids (weighted by counts) into the global ones. The head is tied to the global clusters and
+averaged; it is re-initialised on the server whenever its classes change meaning, as DeepCluster
+re-initialises its head after each re-clustering (Caron et al. 2018): the whole head when the server
+starts the global clusters (each client's round-1 head classified its own k-means numbering), and
+the rows of the clusters the server repairs (an empty cluster refilled from a donor, and the donor)
+at later merges (strategies/cluster_merge.py, declared here by `cluster_heads`). The server does it,
+not the clients, because it owns the global head and alone knows which clusters it repaired: every
+client then receives the same head with the round's weights, and a client never resets it once the
+global clusters have started. Under `clusters=local` nothing changes: each client's own head is
+re-initialised at each of its re-clusterings.
 
 `assign` (global form only) is how a client labels its images with the global centroids: `nearest`
 (DeepCluster's k-means E-step, the default) or `balanced`, Orchestra's equal-size assignment: the
@@ -72,6 +80,7 @@ class DeepCluster(PseudoLabelMethod):
             self.clusters.register_buffer("centroids", F.normalize(torch.randn(self.num_clusters, dim).abs(), dim=1))
             self.clusters.register_buffer("counts", torch.zeros(self.num_clusters))
             self.sum_merge = (("clusters.centroids", "clusters.counts"),)
+            self.cluster_heads = (("clusters.centroids", ("head.weight", "head.bias")),)  # the server resets their rows
         self._images: torch.Tensor | None = None  # clusters=global: the round's images, for the upload's sums
         self.kmeans_iterations = int(kmeans_iterations)
         self._labels: torch.Tensor | None = None
@@ -87,7 +96,8 @@ class DeepCluster(PseudoLabelMethod):
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             result = kmeans(features, self.num_clusters, self.kmeans_iterations, seed)
             assignments = result.assignments
-            with torch.no_grad():  # the head's classes changed meaning: a new head (seeded by the round's stream)
+            with torch.no_grad():  # the head's classes changed meaning: a new head (seeded by the round's stream;
+                # under clusters=global this is round 1's local head, which the server replaces in full)
                 self.head.weight.copy_(0.01 * torch.randn(self.head.weight.shape, generator=generator))
                 self.head.bias.zero_()
             self.cluster_report = {"cluster_repairs": int(result.repairs)}
