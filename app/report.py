@@ -27,11 +27,6 @@ log = logging.getLogger("fedssl")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job-logging format
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """`data` as JSON at `path`, whole or not at all (no temp file left when the write fails)."""
-    atomic.write_json_atomic(path, data)
-
-
 class RunLog(logging.FileHandler):
     """The run's main.log; when it cannot be written (a full disk) it says so once, in one line on
     stderr, and the run goes on logging to the console only (no traceback per log line)."""
@@ -163,7 +158,7 @@ class RunReport:
                                                 f"failed: {self.summary['error']}", None, None))
 
     def _save(self) -> None:  # after start(), which made out_dir
-        write_json_atomic(self.path, self.summary)
+        atomic.write_json_atomic(self.path, self.summary)
 
     def _save_at_end(self) -> bool:
         """Save summary.json as a run ends; an OSError (a full disk) is kept in `unsaved`, not raised,
