@@ -9,6 +9,7 @@ of comma-separated values; `--cfg` prints the composed config; `--help` the choi
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: python main.py [key=value ...]            train (default: strategy=fedu dataset=cifar100, the paper's protocol)
@@ -53,7 +54,12 @@ def main(argv: list[str]) -> None:
         else:
             run_command(overrides)
     except USER_ERRORS as err:
-        sys.exit(f"error: {err}")
+        code = getattr(err, "exit_code", None)
+        if code is None:
+            sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr, flush=True)  # stopped by a signal: the shell's 128 + signal
+        sys.stdout.flush()
+        os._exit(code)  # not through Ray's exit, which aborts a process stopped with its actors alive
 
 
 if __name__ == "__main__":

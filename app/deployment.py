@@ -27,6 +27,7 @@ from app.federation import Federation, build_client, client_resources, compute_l
 from app.progress import for_run
 from app.schema import clients_per_round
 from app.resume import run_config
+from app.signals import signals_stop_run, stop_of, stopped_text
 
 
 @lru_cache(maxsize=4)
@@ -54,9 +55,11 @@ def _server_main(grid, context) -> None:
     report.progress = for_run(federation.cfg, clients_per_round(federation.cfg))  # SuperNodes train side by side
     components = federation.server_components()
     try:
-        start_grid(grid=grid, strategy=components.strategy, config=components.config)
+        with signals_stop_run():  # `flwr stop` or a killed ServerApp process: recorded, not left "running"
+            start_grid(grid=grid, strategy=components.strategy, config=components.config)
     except BaseException as err:  # noqa: BLE001 - record, then re-raise: the run's status becomes failed
-        report.fail(f"{type(err).__name__}: {err}")
+        stop = stop_of(err)
+        report.fail(stopped_text(stop, report.summary) if stop else f"{type(err).__name__}: {err}")
         raise
     finally:
         summary = report.finish()

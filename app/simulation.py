@@ -15,12 +15,18 @@ from app.federation import (Federation, build_client_app, build_server_app, clie
                             compute_settings, prepare)
 from app.progress import Progress, clock, for_run
 from app.report import RunReport
+from app.signals import signals_stop_run, stop_of, stopped_text
 
 log = logging.getLogger("fedssl")
 
 
 class RunFailed(RuntimeError):
-    """The federation did not complete; summary.json holds every finished round."""
+    """The federation did not complete; summary.json holds every finished round. `exit_code`: the
+    process's exit status when it is not the usual 1 (a run stopped by a signal: 128 + its number)."""
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def preflight(cfg: dict) -> Federation:
@@ -62,7 +68,7 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
     """Simulate the federation described by the resolved config `cfg`; write results to out_dir.
 
     `resume_state` (app/resume.load_state) continues an interrupted run in the same out_dir.
-    This is the only place that calls the simulation engine (DESIGN.md conv. 7).
+    This is the only place that calls the simulation engine (convention 7, docs/architecture.md#conventions-and-where-they-come-from).
     """
     from flwr.simulation import run_simulation
 
@@ -84,7 +90,7 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
         init_args["num_cpus"] = os.cpu_count() or 1
     log.info("simulating %d clients (%s per client) -> %s", cfg["num_clients"], resources, report.out_dir)
     try:
-        with libraries_to_log(report.log_file):  # Flower's and Ray's lines: main.log only (app/console.py)
+        with libraries_to_log(report.log_file), signals_stop_run():  # Flower's and Ray's lines: main.log only
             run_simulation(
                 server_app=build_server_app(federation),
                 client_app=build_client_app(cfg),
@@ -92,9 +98,12 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
                 backend_config={"client_resources": resources, "init_args": init_args},
             )
     except BaseException as err:  # noqa: BLE001 - record, then re-raise
-        cause = system_error(err) or err
-        report.fail(f"{type(cause).__name__}: {cause}")
+        cause, stop = system_error(err) or err, stop_of(err)
+        report.fail(stopped_text(stop, report.summary) if stop else f"{type(cause).__name__}: {cause}")
         report.finish()  # never raises: a full disk leaves summary.json's last version and says so
+        if stop is not None:
+            shutdown_ray()
+            raise RunFailed(report.failure_line(), exit_code=128 + stop.signum) from err
         if cause is not err or isinstance(err, OSError) or report.unsaved:  # the machine's fault: one line
             raise RunFailed(report.failure_line()) from err
         raise
@@ -102,6 +111,16 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
     if summary["status"] != "completed":
         raise RunFailed(report.failure_line())
     return report
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray (its workers and actors); never raises."""
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - a stopped run's record is written already
+        pass
 
 
 def system_error(err: BaseException | None) -> OSError | None:
