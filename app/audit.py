@@ -22,12 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from app.config import group_nodes
+from app.registry import strategy_class
 from protocol.messages import few
 from tasks.common.atomic import write_atomic
 from tasks.common.checkpoint import checkpoint_models, load_checkpoint
 
-# strategies whose server rule is the example-weighted mean of the accepted uploads (SPEC §2.6, §2.3)
-WEIGHTED_MEAN = ("fedavg", "fedbyol", "fedu")
+# the server rule this audit recomputes: the example-weighted mean of the accepted uploads
+# (docs/algorithms.md#upload-and-aggregation), as a strategy class declares it (`aggregates_by`, strategies/base.py)
+WEIGHTED_MEAN = "weighted_mean"
 TOLERANCE = 1e-5  # float32 mean (the server) against float64 (here); a lost or doubled update moves it far more
 
 
@@ -65,6 +68,17 @@ def _arrays(npz) -> list[np.ndarray]:
     return [npz[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in npz.files))]
 
 
+def _declared(node: dict) -> str | None:
+    return getattr(strategy_class(node), "aggregates_by", None)
+
+
+def aggregates_by(summary: dict) -> str | None:
+    """How the run's strategy class says it aggregates: the class its resolved config's `_target_` names (a
+    summary without its config: the `_target_` of conf/strategy/<name>.yaml); None for a class no config may name."""
+    node = (summary.get("config") or {}).get("strategy") or group_nodes("strategy").get(summary["strategy"], {})
+    return _declared(node)
+
+
 @dataclass
 class AuditReport:
     rounds: int = 0
@@ -82,9 +96,10 @@ def check(run_dir: str | Path) -> AuditReport:
     """Every kept round of a run with `audit_updates=true` against its accepted updates."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    if summary["strategy"] not in WEIGHTED_MEAN:
+    if aggregates_by(summary) != WEIGHTED_MEAN:
+        usable = [name for name, node in group_nodes("strategy").items() if _declared(node) == WEIGHTED_MEAN]
         raise ValueError(f"the audit recomputes an example-weighted mean: strategy={summary['strategy']} "
-                         f"aggregates otherwise (use one of {', '.join(WEIGHTED_MEAN)})")
+                         f"aggregates otherwise (use one of {', '.join(usable)})")
     report, trained = AuditReport(), set()
     previous = None
     for record in summary["rounds"]:

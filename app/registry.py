@@ -162,9 +162,20 @@ def strategy_targets() -> tuple[str, ...]:
     """The `_target_` values a config may name: the strategy classes the strategies package exports
     (`strategies.__all__`, its base and every subclass of it), each by its defining module's path.
     Nothing else is ever built from a config (a `_target_` is a Python callable: os.system would do)."""
+    return tuple(sorted(_strategy_classes()))
+
+
+def _strategy_classes() -> dict[str, type]:
+    """`_target_` -> class, for the strategy classes the strategies package exports."""
     exported = (getattr(strategies, name) for name in strategies.__all__)
-    return tuple(sorted(f"{c.__module__}.{c.__qualname__}" for c in exported
-                        if isinstance(c, type) and issubclass(c, strategies.FedSSL)))
+    return {f"{c.__module__}.{c.__qualname__}": c for c in exported
+            if isinstance(c, type) and issubclass(c, strategies.FedSSL)}
+
+
+def strategy_class(node: dict) -> type | None:
+    """The class a strategy node builds (a run's `cfg["strategy"]`, or a conf/strategy/<name>.yaml): the one
+    its `_target_` names, or None when that is not a target a config may name."""
+    return _strategy_classes().get(node.get("_target_"))
 
 
 STRATEGY_TARGETS = strategy_targets()

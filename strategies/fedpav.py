@@ -1,4 +1,4 @@
-"""FedPav (ACM MM 2020, SPEC §5): federated partial averaging for re-identification.
+"""FedPav (ACM MM 2020, docs/algorithms.md#fedpav): federated partial averaging for re-identification.
 
 Clients upload the backbone and embedding block and keep their classifiers (local parts of the
 re-ID task: they never travel). The server averages the uploads weighted by examples, or, with
@@ -26,6 +26,7 @@ from strategies.base import FedSSL
 
 class FedPav(FedSSL):
     CLIENT_FIELDS = (ClientField("weight", "weights", fmt=".2f"),)
+    aggregates_by = "reweighted_mean"  # cosine-distance weights (cdw) and distillation (kd) after the mean
     ROUND_FIELDS = (*FedSSL.ROUND_FIELDS, RoundField("kd_loss", "KD loss", fmt=".4f"))
 
     def __init__(self, *, cdw: bool = False, kd: bool = False, kd_every: int = 10, **kwargs):

@@ -1,4 +1,4 @@
-"""Federated SDR pre-training (SPEC §6): group-aware averaging.
+"""Federated SDR pre-training (docs/algorithms.md#group-wise-aggregation): group-aware averaging.
 
 Every array is first averaged over all clients weighted by examples (shared weights, the heads,
 the centroids). Then each individual group's slice (the layout's `regions`: array index, rows,
@@ -18,6 +18,8 @@ from strategies.base import FedSSL
 
 
 class FedSDR(FedSSL):
+    aggregates_by = "group_mean"  # an individual group over the clients that routed samples through it
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if not self.layout.regions or not self.layout.path_groups:

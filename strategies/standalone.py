@@ -1,8 +1,8 @@
-"""Standalone, the lower bound (SPEC §2 baselines): every client trains alone; nothing is aggregated.
+"""Standalone, the lower bound (docs/algorithms.md#baselines): every client trains alone; nothing is aggregated.
 
 The server sends the initial model to a client only on its first participation and tells it to
 keep its whole model; it keeps the latest upload of every client and evaluates each client's own
-model (SPEC §4: reported as the mean over clients).
+model (docs/algorithms.md#standalone-models: reported as the mean over clients).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from strategies.base import FedSSL
 
 
 class Standalone(FedSSL):
+    aggregates_by = "none"  # every client's upload is kept as its own model
+
     def __init__(self, **kwargs):
         if kwargs["layout"].global_clusters:
             raise ConfigError("ssl.clusters=global makes the clusters the federation's, but strategy=standalone "

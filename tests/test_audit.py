@@ -4,10 +4,11 @@ hand-made numbers, and the ways a lost or doubled update shows."""
 import json
 
 import numpy as np
+import pytest
 from flwr.common import parameters_to_ndarrays
 
 from app.audit import UpdateAudit, check
-from strategies import FedSSL, FedU
+from strategies import FedEMA, FedSSL, FedU
 from test_strategy import make, result, upd
 
 
@@ -50,3 +51,18 @@ def test_a_doubled_or_lost_update_and_a_blank_restart_are_found(tmp_path):
     assert problems[0].startswith("round 1: summary lists clients [2], accepted updates came from [0, 2]")
     assert "round 2: layer 0 of the global model is not the weighted mean of the 2 accepted updates" in problems[1]
     assert problems[2] == "round 2: client 2 started from a blank state after it had trained"
+
+
+def test_the_audit_goes_by_how_the_strategy_class_aggregates(tmp_path):
+    """Each strategy class declares its server rule (`aggregates_by`); the audit reads the class the run's
+    `_target_` names, never the strategy's name: FedEMA averages as FedAvg, standalone combines nothing."""
+    _audited_run(tmp_path, cls=FedEMA)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary.update(strategy="fedema", config={"strategy": {"_target_": "strategies.fedema.FedEMA", "name": "fedema"}})
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    report = check(tmp_path)
+    assert (report.rounds, report.aggregated, report.lost) == (2, 4, 0)
+    summary.update(strategy="standalone", config={"strategy": {"_target_": "strategies.standalone.Standalone"}})
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="strategy=standalone aggregates otherwise .use one of centralised, fedavg"):
+        check(tmp_path)
