@@ -199,7 +199,7 @@ def to_plain(cfg: DictConfig) -> dict:
 
 
 def centralise(cfg: dict) -> dict:
-    """A strategy with `pool_clients` (strategy=centralised, SPEC §2 upper bound): the same run with
+    """A strategy with `pool_clients` (strategy=centralised, the upper bound of docs/algorithms.md#baselines): the same run with
     one client that holds everything the `num_clients` clients would hold together."""
     if not cfg["strategy"].get("pool_clients"):
         return cfg

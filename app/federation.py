@@ -1,4 +1,4 @@
-"""The one place that builds a run's federation from a resolved config (DESIGN.md "Layout").
+"""The one place that builds a run's federation from a resolved config (docs/architecture.md#the-floors).
 
 `prepare` refuses everything that can be refused before training (config types and ranges, the
 task and its data, the strategy's own arguments) and builds the task's layout, the strategy

@@ -1,7 +1,7 @@
 """What a run leaves behind as it goes: summary.json after every round, a console line, W&B,
 and at the end the run's plots (app/plots.py).
 
-One `RunReport` per experiment lives on the server side (DESIGN.md conv. 8). The strategy hands
+One `RunReport` per experiment lives on the server side (convention 8, docs/architecture.md#conventions-and-where-they-come-from). The strategy hands
 it one record per round; the report keeps the history (in the shape app/summary.py owns),
 rewrites summary.json atomically after every round (so a crash still leaves every finished round
 on disk) and logs the same numbers to W&B, per-client values under `client/<partition-id>/...`.

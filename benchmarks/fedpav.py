@@ -20,8 +20,8 @@ from tables import write_results
 METHODS = {
     "fedpav": ("FedPav", ["strategy=fedpav"]),
     "fedpav_kd": ("FedPav + KD", ["strategy=fedpav", "strategy.kd=true"]),
-    # SPEC §5's distillation as written (raw embedding, plain SGD) against this project's default
-    "fedpav_kd_spec": ("FedPav + KD (SPEC form)", ["strategy=fedpav", "strategy.kd=true", "reid.kd_form=spec"]),
+    # the distillation as written in docs/algorithms.md#knowledge-distillation-on-the-server (raw embedding, plain SGD) against this project's default
+    "fedpav_kd_spec": ("FedPav + KD (kd_form=spec)", ["strategy=fedpav", "strategy.kd=true", "reid.kd_form=spec"]),
     "fedpav_cdw": ("FedPav + CDW", ["strategy=fedpav", "strategy.cdw=true"]),
     "fedpav_kd_cdw": ("FedPav + KD + CDW", ["strategy=fedpav", "strategy.kd=true", "strategy.cdw=true"]),
     "local": ("Local training", ["strategy=standalone"]),

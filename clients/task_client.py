@@ -1,4 +1,4 @@
-"""The one Flower NumPyClient of this project (DESIGN.md conv. 1 and 5): it only translates.
+"""The one Flower NumPyClient of this project (conventions 1 and 5, docs/architecture.md#conventions-and-where-they-come-from): it only translates.
 
 evaluate (tasks evaluated by their clients): the same, with the task's `local_evaluate`.
 fit: read the round's Instructions from the fit config (the strategy's only channel to it),

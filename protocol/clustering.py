@@ -1,4 +1,4 @@
-"""The server's half of federated k-means (SPEC §8, `clusters=global`): merge the clients'
+"""The server's half of federated k-means (docs/algorithms.md#federated-forms, `clusters=global`): merge the clients'
 per-centroid feature sums and counts into new global centroids, with DeepCluster's empty-cluster
 rule. NumPy only (the server never imports torch); the clients' half (k-means, assignment, sums)
 is tasks/common/clustering.py, which re-exports these.
@@ -27,7 +27,7 @@ def _numpy(x, dtype=None) -> np.ndarray:
 
 
 def _pick_donor(counts: np.ndarray, rng: np.random.Generator) -> int | None:
-    """A random non-empty cluster (SPEC §8), drawn with probability proportional to size - 1 as in
+    """A random non-empty cluster (docs/algorithms.md#federated-forms), drawn with probability proportional to size - 1 as in
     faiss's k-means (which DeepCluster's code runs): singletons cannot be split, big clusters are
     split first. None when no cluster has two points."""
     w = np.maximum(counts - 1, 0).astype(np.float64)
@@ -52,7 +52,7 @@ class MergeResult:
 
 def merge_centroids(sums_list, counts_list, previous_centroids, seed: int,
                     eps: float = PERTURBATION) -> MergeResult:
-    """The server's federated k-means step (SPEC §8, `clusters=global`): c_j = sum_k s_kj / sum_k n_kj,
+    """The server's federated k-means step (docs/algorithms.md#federated-forms, `clusters=global`): c_j = sum_k s_kj / sum_k n_kj,
     a Lloyd update over the union of the clients' points. A cluster nobody filled gets the
     empty-cluster rule without points: donor d drawn as in `_pick_donor` from the total counts,
     c_e = c_d + delta, c_d = c_d - delta (clients split d's points at their next assignment), and

@@ -1,4 +1,4 @@
-"""The torch-side services a strategy is given, and how a run is stopped (DESIGN.md conv. 2)."""
+"""The torch-side services a strategy is given, and how a run is stopped (convention 2, docs/architecture.md#conventions-and-where-they-come-from)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class ServerHooks:
     save_state(round, global arrays, strategy state): persist the federation after a round
         (resume); called every `checkpoint_every` rounds and after the last one.
     distill(student, teachers, round) -> (arrays, loss): server-side knowledge distillation
-        (FedPav, SPEC §5); None when the task has none.
+        (FedPav, docs/algorithms.md#fedpav); None when the task has none.
     round_started(round, clients), client_done(num_examples): a round began with this many
         clients; one client's answer arrived (the live progress line, app/progress.py).
     audit: None, or what keeps a copy of every received update and of each round's aggregate

@@ -2,20 +2,20 @@
 
 A strategy writes one `Instructions` per selected client into that client's fit config (as
 Flower's FedProx sends `proximal-mu`); the client reads nothing else to decide what to do with
-the weights it receives (DESIGN.md conv. 2). Values are Flower config scalars (int, float, str,
+the weights it receives (convention 2, docs/architecture.md#conventions-and-where-they-come-from). Values are Flower config scalars (int, float, str,
 bool); a key that is absent takes its default.
 
 - layout, layout_options: the fingerprint of the upload layout and the settings that shape it
   (SSL: sync, bn); the client builds its model with these options and refuses a mismatch.
 - replace: load the received weights (a client's first participation always does).
 - mix: "" (replace) or "ema": mix the received model into the local one with FedEMA's rule,
-  mix_tau (its autoscaler) and mix_lambda (fixed lambda; absent = autoscaler) (SPEC §3).
-- adopt_global_predictor: take the optional parts (FedU's predictor) from the server (SPEC §2.3).
+  mix_tau (its autoscaler) and mix_lambda (fixed lambda; absent = autoscaler) (docs/algorithms.md#fedema).
+- adopt_global_predictor: take the optional parts (FedU's predictor) from the server (docs/algorithms.md#the-divergence-aware-predictor-update-dapu).
 - keep_optional: keep a local copy of the optional parts (FedU under DAPU or predictor=local).
 - keep_everything: keep the whole local model between rounds (standalone, FedEMA).
   Parts that never travel (BYOL's target, MoCo's key encoder and queue, a re-ID classifier) are
   always kept.
-- cdw: also report FedPav's cosine-distance weight (SPEC §5).
+- cdw: also report FedPav's cosine-distance weight (docs/algorithms.md#cosine-distance-weight-reallocation).
 - transfer_dtype: the dtype float32 weights travel in, both ways (protocol/transfer.py): the
   client decodes what it receives and encodes its upload with it.
 - resume_round, checkpoint_every, last_checkpoint: where a restarted client finds its saved state

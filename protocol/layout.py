@@ -1,6 +1,6 @@
 """The upload layout: which arrays cross the wire, in which order, and how to check an update.
 
-Server and client derive the same layout from the same config and code (DESIGN.md conv. 4);
+Server and client derive the same layout from the same config and code (convention 4, docs/architecture.md#conventions-and-where-they-come-from);
 its fingerprint travels in every round's instructions, so a client built from another config
 or code version refuses the weights instead of loading them into the wrong places.
 """
@@ -30,9 +30,9 @@ class Layout:
     fingerprint: keys_fingerprint(keys, shapes).
     options: the settings that shaped it (e.g. SSL's sync and bn); sent to every client so that
         it builds the same layout.
-    divergence_layers: positions of the backbone conv weights FedU's divergence reads (SPEC §2.3).
+    divergence_layers: positions of the backbone conv weights FedU's divergence reads (docs/algorithms.md#the-divergence-aware-predictor-update-dapu).
     regions: (array index, first row, end row, block, group) of every SDR individual group's slice,
-        aggregated over the clients that trained that group (SPEC §6); path_groups[p] = path p's
+        aggregated over the clients that trained that group (docs/algorithms.md#group-wise-aggregation); path_groups[p] = path p's
         group per block.
     dtypes: each array's NumPy dtype name ("float32", "int64"), to decode half-precision
         transfers (protocol/transfer.py).
@@ -43,7 +43,7 @@ class Layout:
         record (e.g. a clustering method's NMI), besides those every strategy records.
     sum_merge: (centroids index, counts index) pairs of global clusters: clients upload per-centroid
         feature sums and counts there, the server merges them (strategies/cluster_merge.py).
-    global_clusters: the method's clusters or prototypes are the federation's (SPEC §8,
+    global_clusters: the method's clusters or prototypes are the federation's (docs/algorithms.md#federated-forms,
         `ssl.clusters=global`): only a strategy that aggregates can carry them.
     cluster_heads: (centroids index, head indices) pairs: the uploaded arrays whose row j is the
         classifier of global cluster j of a `sum_merge` pair (DeepCluster's head weight and bias);

@@ -1,7 +1,7 @@
 """Weight maths on lists of NumPy arrays, shared by strategies and clients (no torch here).
 
-Weighted average (FedAvg, SPEC §2.6), FedU's layer divergence and DAPU rule (SPEC §2.3), and
-FedEMA's mixing coefficient and mixture (SPEC §3).
+Weighted average (FedAvg, docs/algorithms.md#upload-and-aggregation), FedU's layer divergence and DAPU rule (docs/algorithms.md#the-divergence-aware-predictor-update-dapu), and
+FedEMA's mixing coefficient and mixture (docs/algorithms.md#fedema).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ NDArrays = list[np.ndarray]
 
 
 def weighted_average(updates: Sequence[NDArrays], weights: Sequence[float]) -> NDArrays:
-    """sum_k w_k / sum_j w_j * W_k, layer by layer (SPEC §2.6), accumulated in float64.
+    """sum_k w_k / sum_j w_j * W_k, layer by layer (docs/algorithms.md#upload-and-aggregation), accumulated in float64.
 
     Integer arrays (BatchNorm's num_batches_tracked) are averaged and rounded back.
     The order of `updates` is the caller's: strategies pass them sorted by partition id so
@@ -48,7 +48,7 @@ def as_layer(value, dtype) -> np.ndarray:
 
 
 def layer_divergences(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> tuple[float, float]:
-    """FedU's divergence, mean over the chosen layers of ||W_l^a - W_l^b||_2 (SPEC §2.3), and its
+    """FedU's divergence, mean over the chosen layers of ||W_l^a - W_l^b||_2 (docs/algorithms.md#the-divergence-aware-predictor-update-dapu), and its
     scale-free form (issue 14), mean of ||W_l^a - W_l^b||_2 / ||W_l^b||_2, in one pass: the paper's
     distances grow with the layers' size, so one mu cannot serve every width."""
     if not layers:
@@ -63,7 +63,7 @@ def layer_divergences(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> tuple[
 
 
 def layer_divergence(a: NDArrays, b: NDArrays, layers: Sequence[int]) -> float:
-    """FedU's divergence: mean over the chosen layers of ||W_l^a - W_l^b||_2 (SPEC §2.3)."""
+    """FedU's divergence: mean over the chosen layers of ||W_l^a - W_l^b||_2 (docs/algorithms.md#the-divergence-aware-predictor-update-dapu)."""
     return layer_divergences(a, b, layers)[0]
 
 
@@ -74,13 +74,13 @@ MU_RELATIVE_DEFAULT = 0.049
 
 
 def dapu_adopts_global(divergence: float, mu: float) -> bool:
-    """Divergence-aware predictor update (SPEC §2.3): d_k < mu -> take the global predictor.
+    """Divergence-aware predictor update (docs/algorithms.md#the-divergence-aware-predictor-update-dapu): d_k < mu -> take the global predictor.
     The same rule serves the relative divergence with its own threshold (strategy.mu_relative)."""
     return divergence < mu
 
 
 def ema_coefficients(divergence: float, tau: float, lam: float | None) -> tuple[float, float]:
-    """FedEMA (SPEC §3): (lambda_k, mu_k) with mu_k = min(lambda_k * d_k, 1); lambda_k = tau / d_k
+    """FedEMA (docs/algorithms.md#fedema): (lambda_k, mu_k) with mu_k = min(lambda_k * d_k, 1); lambda_k = tau / d_k
     at the client's first mixing (the autoscaler: its first mixing gets mu = tau), else the given one."""
     if lam is None:
         lam = tau / max(divergence, 1e-12)

@@ -1,4 +1,4 @@
-"""Client failures as the server sees them: who failed, and a one-line reason (SPEC-free plumbing).
+"""Client failures as the server sees them: who failed, and a one-line reason (plumbing: no algorithm of docs/algorithms.md here).
 
 Flower reports a failed fit as a bare exception or a (proxy, result) pair with an error status;
 `TrackedClient` tags each fit call with the partition id it was sent to, and `error_text`

@@ -1,4 +1,4 @@
-"""FedEMA (ICLR 2022, SPEC §3): FedU's synchronisation; each client mixes its local and the global
+"""FedEMA (ICLR 2022, docs/algorithms.md#fedema): FedU's synchronisation; each client mixes its local and the global
 model, W_k <- mu_k W_k + (1 - mu_k) W_g with mu_k = min(lambda_k d_k, 1).
 
 The server averages as FedAvg and tells every client, in its instructions, to mix with FedEMA's

@@ -1,4 +1,4 @@
-"""FedU (ICCV 2021, SPEC §2): FedAvg of the online encoder and predictor, plus the
+"""FedU (ICCV 2021, docs/algorithms.md#fedu): FedAvg of the online encoder and predictor, plus the
 divergence-aware predictor update (DAPU) decided per client on the server.
 
 predictor: "dapu" (FedU), "global" (FedBYOL: always the server's predictor), "local" (ablation:

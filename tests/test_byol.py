@@ -1,4 +1,4 @@
-"""BYOL loss, EMA and schedules against hand-computed values (SPEC §1.1)."""
+"""BYOL loss, EMA and schedules against hand-computed values (docs/algorithms.md#byol)."""
 
 import math
 

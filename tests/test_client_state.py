@@ -1,5 +1,5 @@
 """A client across three rounds with a fake Context: what it must remember survives in
-context.state, because Flower builds a new client object every round (DESIGN.md conv. 5)."""
+context.state, because Flower builds a new client object every round (convention 5, docs/architecture.md#conventions-and-where-they-come-from)."""
 
 import numpy as np
 import pytest

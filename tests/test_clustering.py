@@ -1,4 +1,4 @@
-"""Clustering primitives of DeepCluster and SeLa (SPEC §8): k-means and its empty-cluster guard,
+"""Clustering primitives of DeepCluster and SeLa (docs/algorithms.md#clustering-based-self-supervision): k-means and its empty-cluster guard,
 clients' sums and the server's merge, balanced sampling, Sinkhorn-Knopp labels, NMI."""
 
 from __future__ import annotations

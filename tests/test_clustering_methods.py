@@ -1,4 +1,4 @@
-"""DeepCluster and SeLa, federated with local or global clusters (issue 15, SPEC §8): pseudo-labels
+"""DeepCluster and SeLa, federated with local or global clusters (issue 15, docs/algorithms.md#clustering-based-self-supervision): pseudo-labels
 from seeded k-means (DeepCluster) or equal-partition Sinkhorn-Knopp (SeLa) of the client's own
 features, heads that travel only under global clusters, DeepCluster's head re-initialised at every
 re-clustering and its losses weighted inversely to cluster size, global DeepCluster's sums and

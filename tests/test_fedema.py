@@ -1,4 +1,4 @@
-"""FedEMA (SPEC §3): the mixing rule by hand, the autoscaler, and partial participation."""
+"""FedEMA (docs/algorithms.md#fedema): the mixing rule by hand, the autoscaler, and partial participation."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""FedPav (SPEC §5): retrieval metrics by hand, Market-1501 names, the client's classifier,
+"""FedPav (docs/algorithms.md#fedpav): retrieval metrics by hand, Market-1501 names, the client's classifier,
 cosine-distance weights, distillation targets, and the proxy's identity split."""
 
 import json
@@ -249,7 +249,7 @@ def test_dropout_masks_follow_the_client_round_stream_not_the_reseeded_global_ge
 
 
 def test_the_spec_form_of_distillation_trains_the_raw_embedding(make_cfg):
-    """reid.kd_form=spec: MSE(student(x), t(x)) on the raw embedding (SPEC §5 as written), plain SGD;
+    """reid.kd_form=spec: MSE(student(x), t(x)) on the raw embedding (the rule as written in docs/algorithms.md#knowledge-distillation-on-the-server), plain SGD;
     the default compares the L2-normalised embedding. Each form's loss falls pass after pass, and the
     raw form's is on the raw embedding's scale (a unit-variance BatchNorm output against t(x) of norm <= 1)."""
     public = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The comparison methods (SPEC §1.2): losses by hand, what each uploads, one real step each."""
+"""The comparison methods (docs/algorithms.md#the-other-local-methods): losses by hand, what each uploads, one real step each."""
 
 import math
 
@@ -108,7 +108,7 @@ def test_fedu_refuses_a_method_other_than_byol(make_cfg):
 
 
 def test_shuffling_bn_normalises_keys_with_other_samples_than_their_queries():
-    """MoCo's shuffling BN on one device (SPEC §1.2): with a BatchNorm-only encoder, queries are
+    """MoCo's shuffling BN on one device (docs/algorithms.md#the-other-local-methods): with a BatchNorm-only encoder, queries are
     normalised per sub-batch of the batch's order, keys per sub-batch of a shuffled order (by hand)."""
     from tasks.ssl.methods.moco import shuffled_forward, split_forward
 

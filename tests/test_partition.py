@@ -1,4 +1,4 @@
-"""Partitions: disjoint, sized as specified, reproducible from the seed (SPEC §2)."""
+"""Partitions: disjoint, sized as specified, reproducible from the seed (docs/algorithms.md#paper-setting-and-data-splits)."""
 
 import numpy as np
 import pytest

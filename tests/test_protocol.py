@@ -1,5 +1,5 @@
 """What a client is told each round is written by the strategy into its fit config, and only there
-(DESIGN.md conv. 2): every strategy's instructions, read back the way the client reads them."""
+(convention 2, docs/architecture.md#conventions-and-where-they-come-from): every strategy's instructions, read back the way the client reads them."""
 
 import numpy as np
 import pytest

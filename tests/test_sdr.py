@@ -1,4 +1,4 @@
-"""SDR (SPEC §6): Sinkhorn marginals, paths that use exactly their groups, group-wise
+"""SDR (docs/algorithms.md#sdr): Sinkhorn marginals, paths that use exactly their groups, group-wise
 aggregation, progressive stages, the exported backbone, and the two commands end to end."""
 
 import json

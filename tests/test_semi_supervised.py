@@ -1,4 +1,4 @@
-"""Semi-supervised evaluation (SPEC §4): class-balanced seeded label sampling and fine-tuning."""
+"""Semi-supervised evaluation (docs/algorithms.md#semi-supervised-fine-tuning): class-balanced seeded label sampling and fine-tuning."""
 
 import numpy as np
 import pytest

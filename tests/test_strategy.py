@@ -1,4 +1,4 @@
-"""Strategies fed with hand-made client results (DESIGN.md conv. 11)."""
+"""Strategies fed with hand-made client results (convention 11, docs/architecture.md#conventions-and-where-they-come-from)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Divergence, DAPU and weighted aggregation on known arrays (SPEC §2.3, §2.6)."""
+"""Divergence, DAPU and weighted aggregation on known arrays (docs/algorithms.md#the-divergence-aware-predictor-update-dapu, docs/algorithms.md#upload-and-aggregation)."""
 
 import numpy as np
 import pytest

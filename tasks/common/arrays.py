@@ -1,7 +1,7 @@
 """Moving weights between torch modules and the NumPy arrays that cross the wire, by key.
 
 The order of the arrays exchanged through Flower is always a key list derived on both sides from
-the same code (DESIGN.md conv. 4); `module_layout` turns a module and its upload keys into the
+the same code (convention 4, docs/architecture.md#conventions-and-where-they-come-from); `module_layout` turns a module and its upload keys into the
 protocol's Layout, whose fingerprint the client checks every round.
 """
 

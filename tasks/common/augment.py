@@ -1,4 +1,4 @@
-"""Batched image augmentations on tensors (SPEC §1.1, FedU's reference recipe).
+"""Batched image augmentations on tensors (docs/algorithms.md#byol, FedU's reference recipe).
 
 RandomResizedCrop(32, scale 0.08-1.0), horizontal flip p=0.5, ColorJitter(0.8, 0.8, 0.8, 0.2)
 with p=0.8, grayscale p=0.2; no blur, no normalisation. The jitter strengths are a training
@@ -170,13 +170,13 @@ def random_grayscale(x: torch.Tensor, g: torch.Generator, p: float = 0.2) -> tor
 
 
 def to_float(images_uint8_nhwc: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC batch -> float NCHW in [0, 1] on device (no normalisation, SPEC §1.1)."""
+    """uint8 NHWC batch -> float NCHW in [0, 1] on device (no normalisation, docs/algorithms.md#byol)."""
     return images_uint8_nhwc.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @dataclass(frozen=True)
 class View:
-    """One augmented view: output size and RandomResizedCrop's scale range (SPEC §1.1 recipe)."""
+    """One augmented view: output size and RandomResizedCrop's scale range (the recipe in docs/algorithms.md#byol)."""
 
     size: int = 32
     scale: tuple[float, float] = (0.08, 1.0)
@@ -187,7 +187,7 @@ TWO_VIEWS = (View(), View())
 
 def augment_view(x: torch.Tensor, g: torch.Generator, view: View = View(), jitter=REFERENCE_JITTER) -> torch.Tensor:
     """One view of a float NCHW batch in [0, 1]: crop + flip, colour jitter of strengths `jitter`
-    (brightness, contrast, saturation, hue), grayscale (SPEC §1.1)."""
+    (brightness, contrast, saturation, hue), grayscale (docs/algorithms.md#byol)."""
     x = resized_crop_flip(x, view.size, g, scale=view.scale)
     x = color_jitter(x, g, tuple(jitter))
     return random_grayscale(x, g)
@@ -199,5 +199,5 @@ def make_views(x: torch.Tensor, recipe: tuple[View, ...], g: torch.Generator, ji
 
 
 def byol_view(x: torch.Tensor, g: torch.Generator, out_size: int = 32) -> torch.Tensor:
-    """One view of FedU's recipe (SPEC §1.1)."""
+    """One view of FedU's recipe (docs/algorithms.md#byol)."""
     return augment_view(x, g, View(out_size))

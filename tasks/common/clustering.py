@@ -1,4 +1,4 @@
-"""Clustering primitives for DeepCluster and SeLa, local and federated (SPEC §8): seeded k-means
+"""Clustering primitives for DeepCluster and SeLa, local and federated (docs/algorithms.md#clustering-based-self-supervision): seeded k-means
 with the empty-cluster guard, per-centroid sums and the server's merge (federated k-means),
 balanced sampling, SeLa's Sinkhorn-Knopp pseudo-labels, and NMI.
 
@@ -54,7 +54,7 @@ def assign(features, centroids) -> np.ndarray:
 
 def cluster_sums(features, assignments, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster feature sums (k, D) float64 and counts (k,) int64: what a client uploads in
-    `clusters=global` (SPEC §8): aggregates over its assignments, never one image's feature."""
+    `clusters=global` (docs/algorithms.md#federated-forms): aggregates over its assignments, never one image's feature."""
     x, a = _features(features), _numpy(assignments).astype(np.int64).ravel()
     if len(a) != len(x):
         raise ClusteringError(f"{len(a)} assignments for {len(x)} feature rows")
@@ -66,7 +66,7 @@ def cluster_sums(features, assignments, k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _repair(x, a, c, counts, rng, eps) -> int:
-    """DeepCluster's guard (SPEC §8), in place: each empty cluster e takes a random non-empty
+    """DeepCluster's guard (docs/algorithms.md#deepcluster), in place: each empty cluster e takes a random non-empty
     donor d's centroid; with a random delta, c_e = c_d + delta and c_d = c_d - delta; d's points go
     to the nearer of the two (the side of (x - c_d) . delta), rank-split in half when all fall on one
     side (duplicates); both centroids then become the means of their points (Lloyd's update).
@@ -116,7 +116,7 @@ class KMeansResult:
 
 def kmeans(features, k: int, iterations: int = 20, seed: int = 0, init="k-means++",
            eps: float = PERTURBATION) -> KMeansResult:
-    """Lloyd's k-means of (N, D) features (DeepCluster's step 1, SPEC §8), deterministic for a seed.
+    """Lloyd's k-means of (N, D) features (DeepCluster's step 1, docs/algorithms.md#deepcluster), deterministic for a seed.
     Features are clustered as given (Euclidean; L2-normalise first for cosine). `init`:
     "k-means++", "random" (k distinct points) or a (k, D) array of starting centroids. Each
     iteration assigns, updates centroids to means, then repairs empty clusters (`_repair`).
@@ -150,7 +150,7 @@ def kmeans(features, k: int, iterations: int = 20, seed: int = 0, init="k-means+
 
 def balanced_sample_weights(assignments, k: int) -> np.ndarray:
     """Per-sample weights inversely proportional to the size of the sample's cluster, so every
-    non-empty cluster weighs the same in the loss (DeepCluster's guard, SPEC §8); mean 1:
+    non-empty cluster weighs the same in the loss (DeepCluster's guard, docs/algorithms.md#deepcluster); mean 1:
     w_i = N / (K' n_{a_i}), K' = number of non-empty clusters."""
     a = _numpy(assignments).astype(np.int64).ravel()
     counts = np.bincount(a, minlength=k)
@@ -186,7 +186,7 @@ class SelaResult:
 
 
 def sela_labels(logits, sk_lambda: float = 25.0, iterations: int = 100, tol: float = 1e-3) -> SelaResult:
-    """SeLa's pseudo-labels (Asano et al., ICLR 2020; SPEC §8): the equal-partition problem solved
+    """SeLa's pseudo-labels (Asano et al., ICLR 2020; docs/algorithms.md#sela): the equal-partition problem solved
     by Sinkhorn-Knopp, Q = diag(alpha) P^lambda diag(beta) with P = softmax(logits) (N, K), rows
     scaled to 1/N and columns to 1/K alternately until the columns deviate by < tol (relative).
     Not losses.sinkhorn (SwAV's): that one takes exp(scores / epsilon) unstabilised in the input's
@@ -220,7 +220,7 @@ def _entropy(p: np.ndarray) -> float:
 
 
 def nmi(a, b) -> float:
-    """Normalised mutual information, SPEC §8: NMI(A, B) = I(A; B) / sqrt(H(A) H(B)) (natural log;
+    """Normalised mutual information, docs/algorithms.md#nmi: NMI(A, B) = I(A; B) / sqrt(H(A) H(B)) (natural log;
     the base cancels). Labels may be any integers (only the partition matters). Degenerate cases
     (sklearn's convention): both labelings constant -> 1.0 (the same partition); exactly one
     constant -> 0.0 (I = 0)."""
@@ -238,7 +238,7 @@ def nmi(a, b) -> float:
 
 
 def nmi_report(assignments, labels=None, previous=None) -> dict:
-    """A client's clusters measured (SPEC §8): `nmi_labels` against the true labels (what the features
+    """A client's clusters measured (docs/algorithms.md#nmi): `nmi_labels` against the true labels (what the features
     capture; when labels exist) and `nmi_previous` against its clusters of the previous clustering
     (stability; when it clustered the same images before)."""
     a = _numpy(assignments)

@@ -3,8 +3,8 @@
 Every dataset is normalised to the same shape so that one model serves all of them:
 uint8, NHWC, 3 channels, 32x32 (MNIST is zero-padded 28->32 and repeated to 3 channels).
 
-Sources, in order (DESIGN.md "Data"):
-1. `<data_dir>/<file>.npz` with keys x_train, y_train, x_test, y_test (shared/data/README.md);
+Sources, in order (docs/architecture.md#data):
+1. `<data_dir>/<file>.npz` with keys x_train, y_train, x_test, y_test (docs/architecture.md#data);
 2. torchvision's download layout under `<data_dir>` (e.g. `cifar-100-python/`), downloaded
    there first when `download=True`.
 
@@ -45,7 +45,7 @@ DATASETS = {
     "cifar100": DatasetInfo("cifar100", "cifar100.npz", 100, "CIFAR100", "cifar-100-python"),
     "mnist": DatasetInfo("mnist", "mnist.npz", 10, "MNIST", "MNIST/raw"),
 }
-# The offline CIFAR-10 stand-in is a class-balanced sample (shared/data/README.md).
+# The offline CIFAR-10 stand-in is a class-balanced sample (docs/architecture.md#data).
 NPZ_ALTERNATIVES = {"cifar10": ["cifar10.npz", "cifar10-sample.npz"]}
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # dataset.* keys every dataset has (conf/dataset/*.yaml); a dataset's kind says which tasks train on it

@@ -1,4 +1,4 @@
-"""Representation evaluation on frozen backbones (SPEC §4): weighted kNN and linear probe."""
+"""Representation evaluation on frozen backbones (docs/algorithms.md#evaluating-representations): weighted kNN and linear probe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from protocol.checks import AnyOf, Bool, Choice, Float, Int, ListOf
 from tasks.common.augment import to_float
 from tasks.common.precision import Compute
 
-# eval.* (conf/config.yaml): the evaluation protocol of SPEC §4
+# eval.* (conf/config.yaml): the evaluation protocol of docs/algorithms.md#evaluating-representations
 CONFIG = {
     "eval.at_start": Bool(), "eval.knn_k": AnyOf(specs=(Int(min=1), ListOf(item=Int(min=1), min_length=1, description="a list of them"))),
     "eval.knn_temperature": Float(above=0),
@@ -44,7 +44,7 @@ def extract_features(net: nn.Module, images: np.ndarray, device: torch.device, b
 @torch.no_grad()
 def knn_predict_ks(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
                    ks=(200,), temperature: float = 0.1, chunk: int = 1024) -> dict[int, torch.Tensor]:
-    """Weighted kNN on L2-normalised features: votes exp(cos / T) from the k nearest (SPEC §4),
+    """Weighted kNN on L2-normalised features: votes exp(cos / T) from the k nearest (docs/algorithms.md#knn-monitor),
     for every k of `ks` from one search (the neighbours of the largest k, nearest first)."""
     ks = list(dict.fromkeys(int(k) for k in ks))
     bank = F.normalize(bank, dim=1)
@@ -115,12 +115,12 @@ def probe_score(bank: torch.Tensor, test: torch.Tensor, sets: dict, ev: dict, se
 
 def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, num_classes: int,
                  epochs: int = 200, lr: float = 3e-3, batch_size: int = 2048, seed: int = 0) -> float:
-    """A linear layer on cached frozen features, Adam, `epochs` passes; test top-1 (SPEC §4).
+    """A linear layer on cached frozen features, Adam, `epochs` passes; test top-1 (docs/algorithms.md#linear-probe).
 
     Features are standardised with the training set's per-dimension mean and std first. The
     classifier stays linear in the features (the affine map folds into the layer), but Adam's
     fixed step no longer depends on the feature scale, which otherwise differs by orders of
-    magnitude between a random and a trained encoder. Deliberate addition to SPEC §4.
+    magnitude between a random and a trained encoder. Deliberate addition (docs/algorithms.md#linear-probe).
     """
     g = torch.Generator().manual_seed(seed)
     mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True).clamp_min(1e-6)
@@ -164,7 +164,7 @@ def recalibrate_batchnorm(net: nn.Module, images: np.ndarray, device: torch.devi
 
 def class_balanced_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A seeded, class-balanced share of the labelled set: round(fraction * n_c) per class, at
-    least one (SPEC §4; the reference code's "first N images" is what this replaces)."""
+    least one (docs/algorithms.md#semi-supervised-fine-tuning; the reference code's "first N images" is what this replaces)."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     chosen = []

@@ -1,5 +1,5 @@
 """Loss pieces several tasks share: SimSiam's negative cosine and Sinkhorn-Knopp's equal partition
-(SwAV's codes, SPEC §1.2; SDR's balanced clusters, SPEC §6)."""
+(SwAV's codes, docs/algorithms.md#the-other-local-methods; SDR's balanced clusters, docs/algorithms.md#sdr)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backbones and heads (SPEC §1.1).
+"""Backbones and heads (docs/algorithms.md#byol).
 
 CIFAR ResNet-18: 3x3 stride-1 stem, no max-pool, four stages of two BasicBlocks, global
 average pooling; 512-d output at width 1.0. `width` scales every stage's channels so that CPU
@@ -78,7 +78,7 @@ def build_backbone(arch: str = "resnet18", width: float = 1.0) -> CifarResNet:
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear -> BatchNorm1d -> ReLU -> Linear: BYOL's projector and predictor (SPEC §1.1)."""
+    """Linear -> BatchNorm1d -> ReLU -> Linear: BYOL's projector and predictor (docs/algorithms.md#byol)."""
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
     )
@@ -103,7 +103,7 @@ def mlp_encoder(arch: str, width: float, proj_hidden: int, proj_dim: int) -> Enc
 
 
 def is_divergence_weight(key: str, prefix: str) -> bool:
-    """Backbone conv weights used by FedU's divergence (SPEC §2.3): stem and block convs,
+    """Backbone conv weights used by FedU's divergence (docs/algorithms.md#the-divergence-aware-predictor-update-dapu): stem and block convs,
     not the 1x1 shortcut convs, no BatchNorm, no heads."""
     if not key.startswith(prefix + "backbone.") or not key.endswith(".weight"):
         return False

@@ -1,4 +1,4 @@
-"""Seeded, reproducible splits of a training set across clients (SPEC §2, "Non-IID split").
+"""Seeded, reproducible splits of a training set across clients (docs/algorithms.md#paper-setting-and-data-splits).
 
 All functions take only the label vector, so a client can compute its own share without
 touching the images, and the server can check a partition before any training starts.
@@ -39,7 +39,7 @@ def by_classes(
     classes_per_client: int | None = None,
     shuffle_classes: bool = False,
 ) -> list[np.ndarray]:
-    """Whole disjoint classes per client, as in FedU's non-IID setting (SPEC §2).
+    """Whole disjoint classes per client, as in FedU's non-IID setting (docs/algorithms.md#paper-setting-and-data-splits).
 
     Client k gets classes [k*c, (k+1)*c) with c = classes_per_client (default
     num_classes // num_clients): CIFAR-10 with 5 clients gives client k {2k, 2k+1}, CIFAR-100

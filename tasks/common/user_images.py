@@ -4,7 +4,7 @@
   torchvision.io as RGB; a file that cannot be decoded is skipped and named, and a folder with no
   readable image is refused (DataError).
 - An .npz in the project's data format (x_train, y_train, x_test, y_test and optionally classes;
-  shared/data/README.md): both splits, named `train/<i>` and `test/<i>`, with their labels; or a
+  docs/architecture.md#data): both splits, named `train/<i>` and `test/<i>`, with their labels; or a
   node's local-data format (`x`, optionally `y` and classes), named by index.
 """
 

@@ -1,4 +1,4 @@
-"""Federated object detection (FedVision, issue 16, SPEC §7): a site's data (VOC and COCO folders,
+"""Federated object detection (FedVision, issue 16, docs/algorithms.md#federated-object-detection-fedvision): a site's data (VOC and COCO folders,
 the offline synthetic set), the FCOS detector over this project's backbone, its local round and
 COCO-mAP evaluation, and the SSL encoder a detector may start from."""
 

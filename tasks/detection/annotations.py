@@ -1,5 +1,5 @@
 """Detection annotations read from a site's folder (PASCAL VOC or COCO format) and checked before
-training: every problem refused with the file and what is wrong (issue 16, SPEC §7).
+training: every problem refused with the file and what is wrong (issue 16, docs/algorithms.md#federated-object-detection-fedvision).
 
 A `Sample` is one image with its boxes in pixels, (x1, y1, x2, y2) with x1 < x2 <= width and
 y1 < y2 <= height (torchvision's convention), and labels 1..C (0 is torchvision's background).

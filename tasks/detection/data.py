@@ -1,4 +1,4 @@
-"""A site's detection data, train and test split, whatever its source (issue 16, SPEC §7): the
+"""A site's detection data, train and test split, whatever its source (issue 16, docs/algorithms.md#federated-object-detection-fedvision): the
 offline synthetic set, PASCAL VOC folders or COCO-format folders, one folder per site
 (`dataset.roots`, in partition-id order) or the SuperNode's own (`local-data`); and the check
 that every site's data is usable, run before training.
@@ -31,7 +31,7 @@ class DetectionSet:
     boxes: list[np.ndarray]  # (k, 4) float32 x1 y1 x2 y2, pixels
     labels: list[np.ndarray]  # (k,) int64, 1..C
     # (k,) bool per image: VOC's difficult objects, which evaluation ignores (None: none are; training
-    # ignores the flags and learns every object, README "Federated object detection")
+    # ignores the flags and learns every object, docs/detection.md)
     difficult: list[np.ndarray] | None = None
 
     def __len__(self) -> int:

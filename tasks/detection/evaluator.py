@@ -1,4 +1,4 @@
-"""Server-side detection evaluation (issue 16, SPEC §7), given to the strategy as a hook: COCO
+"""Server-side detection evaluation (issue 16, docs/algorithms.md#federated-object-detection-fedvision), given to the strategy as a hook: COCO
 mAP@[.5:.95] (`map`) and mAP@0.5 (`map_50`) per site and over all sites, with torchmetrics'
 MeanAveragePrecision (pycocotools backend, COCO's own evaluation) rather than code of ours; VOC's
 difficult objects are ignored as the VOC protocol does (tasks/detection/metric.py,

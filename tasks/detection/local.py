@@ -1,4 +1,4 @@
-"""One site's round of the detection task (FedVision, SPEC §7): take the server's detector (or keep
+"""One site's round of the detection task (FedVision, docs/algorithms.md#federated-object-detection-fedvision): take the server's detector (or keep
 its own, standalone), train it on the site's images with the detector's losses, upload it.
 
 What is uploaded is the layout's (`shared`: the whole detector, FedVision's; or the backbone, with

@@ -1,4 +1,4 @@
-"""The detector (issue 16, SPEC §7): torchvision's FCOS over this project's backbone with an FPN,
+"""The detector (issue 16, docs/algorithms.md#federated-object-detection-fedvision): torchvision's FCOS over this project's backbone with an FPN,
 or over one of torchvision's ResNets; its upload layout and the SSL encoder it may start from.
 
 Why FCOS: it is anchor-free and one-stage. The synthetic sites differ in object scale the way
@@ -9,7 +9,7 @@ on 2 CPU cores. Its losses (focal classification, GIoU regression, centre-ness) 
 `detection.backbone=project` (default): the CIFAR ResNet of `model.arch`/`model.width` that the
 SSL task trains (tasks/common/models.py), so that an SSL checkpoint's encoder loads into it key
 for key; its layer2-4 outputs (strides 2, 4 and 8: the stem keeps full resolution) feed an FPN
-of `detection.fpn_channels`. Images are not normalised, as in SSL training (SPEC §1.1).
+of `detection.fpn_channels`. Images are not normalised, as in SSL training (docs/algorithms.md#byol).
 `detection.backbone=resnet18|resnet34|resnet50`: torchvision's ResNet with its FPN, randomly
 initialised (no internet here), ImageNet normalisation, strides 8-32 (for larger images).
 """

@@ -1,4 +1,4 @@
-"""An offline synthetic detection set made from the project's own images (issue 16, SPEC §7):
+"""An offline synthetic detection set made from the project's own images (issue 16, docs/algorithms.md#federated-object-detection-fedvision):
 objects pasted at known boxes on larger canvases, with sites that differ as cameras in
 different places do, so that a federation of them is non-IID.
 

@@ -1,4 +1,4 @@
-"""A site's local detection training and the detector's predictions (issue 16, SPEC §7).
+"""A site's local detection training and the detector's predictions (issue 16, docs/algorithms.md#federated-object-detection-fedvision).
 
 Local training is FedVision's: the detector's own losses (FCOS: focal classification, GIoU box
 regression, centre-ness, summed as torchvision returns them) with SGD on the site's images for

@@ -1,4 +1,4 @@
-"""Re-identification with FedPav (ACM MM 2020, SPEC §5): model, local training, server-side
+"""Re-identification with FedPav (ACM MM 2020, docs/algorithms.md#fedpav): model, local training, server-side
 distillation, data (CIFAR-100 proxy, Market-1501 folders) and retrieval evaluation."""
 
 from protocol.checks import Bool, Choice, Float, Int, ListOf, Text

@@ -1,4 +1,4 @@
-"""Re-identification data for FedPav (SPEC §5): one identity set per client, retrieval on
+"""Re-identification data for FedPav (docs/algorithms.md#fedpav): one identity set per client, retrieval on
 identities never seen in training, and an unlabeled public set for server-side distillation.
 
 Two sources, one interface (`client_train`, `client_eval`, `public_images`, `num_identities`):

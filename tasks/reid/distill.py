@@ -1,4 +1,4 @@
-"""FedPav's server-side knowledge distillation (SPEC §5), and the hook the strategy is given.
+"""FedPav's server-side knowledge distillation (docs/algorithms.md#knowledge-distillation-on-the-server), and the hook the strategy is given.
 
 Teachers = every client's latest uploaded model (no classifier); target t(x) = the mean of their
 L2-normalised embeddings on the server's unlabeled public set; student = the aggregate, trained
@@ -6,9 +6,9 @@ by one pass over the public set.
 
 Two forms (`reid.kd_form`):
 - "normalised" (default): MSE between the *L2-normalised* student embedding and t(x), SGD with
-  momentum `reid.momentum`. A deliberate deviation from SPEC §5: t(x) is a mean of unit vectors,
+  momentum `reid.momentum`. A deliberate deviation from the rule as written (docs/algorithms.md#knowledge-distillation-on-the-server): t(x) is a mean of unit vectors,
   so it is compared with a unit vector, and the raw embedding's scale is left alone.
-- "spec": SPEC §5 as written: MSE(student(x), t(x)) on the raw embedding, plain SGD.
+- "spec": the rule as written in docs/algorithms.md#knowledge-distillation-on-the-server: MSE(student(x), t(x)) on the raw embedding, plain SGD.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SERVER_STREAM = 1_000_000  # the server's own random stream (clients use their p
 
 
 def distillation_target(teacher_embeddings: list[torch.Tensor]) -> torch.Tensor:
-    """t(x) = mean over teachers of their L2-normalised embeddings (SPEC §5)."""
+    """t(x) = mean over teachers of their L2-normalised embeddings (docs/algorithms.md#knowledge-distillation-on-the-server)."""
     return torch.stack([F.normalize(t.float(), dim=1) for t in teacher_embeddings]).mean(0)
 
 
@@ -61,7 +61,7 @@ def distill(student: ReIDNet, teachers: list[ReIDNet], public: np.ndarray, r: di
 
 
 def make_distill(cfg: dict):
-    """The strategy's distill hook, NumPy in and NumPy out (DESIGN.md conv. 2); the public set is
+    """The strategy's distill hook, NumPy in and NumPy out (convention 2, docs/architecture.md#conventions-and-where-they-come-from); the public set is
     read on first use."""
     public = {}
 

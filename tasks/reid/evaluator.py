@@ -1,4 +1,4 @@
-"""Server-side retrieval evaluation for FedPav (SPEC §5), given to the strategy as a hook.
+"""Server-side retrieval evaluation for FedPav (docs/algorithms.md#retrieval-evaluation), given to the strategy as a hook.
 
 Each client has its own evaluation identities (never trained on). The global model is
 evaluated on every client's query/gallery; under standalone, client k's own model on client

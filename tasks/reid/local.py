@@ -1,4 +1,4 @@
-"""One client's round of the re-ID task (FedPav, SPEC §5).
+"""One client's round of the re-ID task (FedPav, docs/algorithms.md#fedpav).
 
 It re-attaches its own classifier (kept between rounds, sized to its identities; it never
 leaves the client) to the received shared part, trains with cross-entropy and uploads the shared
@@ -33,7 +33,7 @@ def local_round(r: LocalRound) -> LocalResult:
     generator, compute, rc = r.generator(), r.compute(), cfg["reid"]
     device = compute.device
     probe = None
-    if ins.cdw:  # one batch of its data, fixed before training (SPEC §5)
+    if ins.cdw:  # one batch of its data, fixed before training (docs/algorithms.md#cosine-distance-weight-reallocation)
         probe = images[np.sort(torch.randperm(len(images), generator=generator)[: int(rc["batch_size"])].numpy())]
         before = classifier_outputs(net, probe, device)
     stats = train_local(net, images, labels, rc, int(rc["local_epochs"]), compute, generator, r.who)

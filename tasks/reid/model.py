@@ -1,4 +1,4 @@
-"""FedPav's re-ID model (SPEC §5) and its retrieval embeddings.
+"""FedPav's re-ID model (docs/algorithms.md#fedpav) and its retrieval embeddings.
 
 Model = backbone (CIFAR ResNet of `model.arch`/`model.width`) + embedding block (Linear -> 512,
 BatchNorm, Dropout 0.5) + the client's own classifier (512 -> its number of identities).

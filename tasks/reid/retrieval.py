@@ -1,4 +1,4 @@
-"""Re-identification retrieval metrics: CMC rank-k and mAP (SPEC §5, Market-1501 protocol).
+"""Re-identification retrieval metrics: CMC rank-k and mAP (docs/algorithms.md#retrieval-evaluation, Market-1501 protocol).
 
 For each query the gallery is ranked by cosine similarity of L2-normalised embeddings. Before
 scoring, the gallery loses
@@ -10,7 +10,7 @@ match is not scored. AP is the mean of the precision at each true match (torchre
 official Market-1501 code); CMC rank-k is 1 when a true match is within the first k.
 
 Note: some re-ID code bases (e.g. layumi's person-reid baseline) treat -1 as junk instead;
-we follow the dataset's own definition (SPEC §5: -1 distractor, 0000 junk).
+we follow the dataset's own definition (docs/algorithms.md#retrieval-evaluation: -1 distractor, 0000 junk).
 """
 
 from __future__ import annotations

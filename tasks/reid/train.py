@@ -1,4 +1,4 @@
-"""FedPav's local training (SPEC §5): cross-entropy on the client's identities with flip-and-shift
+"""FedPav's local training (docs/algorithms.md#fedpav): cross-entropy on the client's identities with flip-and-shift
 augmentation, and the cosine-distance weight a client reports for weight reallocation."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _optimizer(net: ReIDNet, r: dict) -> torch.optim.Optimizer:
 
 def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, epochs: int,
                 compute: Compute, generator: torch.Generator, who: str) -> dict:
-    """E epochs of cross-entropy on the client's identities (SPEC §5); optimizer rebuilt each round.
+    """E epochs of cross-entropy on the client's identities (docs/algorithms.md#fedpav); optimizer rebuilt each round.
     Batch order, augmentation and dropout all draw from `generator`; the forward runs in
     `compute`'s precision, the cross-entropy in fp32."""
     device = compute.device
@@ -70,5 +70,5 @@ def classifier_outputs(net: ReIDNet, images: np.ndarray, device: torch.device) -
 
 
 def cosine_distance_weight(before: torch.Tensor, after: torch.Tensor) -> float:
-    """d_k = mean over the batch of 1 - cos(o_before(x), o_after(x)) (SPEC §5, weight reallocation)."""
+    """d_k = mean over the batch of 1 - cos(o_before(x), o_after(x)) (docs/algorithms.md#cosine-distance-weight-reallocation)."""
     return float((1 - F.cosine_similarity(before.float(), after.float(), dim=1)).mean())

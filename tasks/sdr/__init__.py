@@ -1,4 +1,4 @@
-"""SDR, scalable dynamic routing (AAAI 2022, SPEC §6), as a federated task: the SDRnet and its
+"""SDR, scalable dynamic routing (AAAI 2022, docs/algorithms.md#sdr), as a federated task: the SDRnet and its
 paths (net.py), the federated model and its group regions (model.py), training with balanced
 clusters and progressive stages (train.py), evaluation (evaluator.py), routing (route.py)."""
 

@@ -1,4 +1,4 @@
-"""Server-side evaluation of a federated SDR network (SPEC §4 protocol, §6 paths).
+"""Server-side evaluation of a federated SDR network (the protocol of docs/algorithms.md#evaluating-representations, the paths of docs/algorithms.md#sdr).
 
 Every evaluation: kNN accuracy of the full SDRnet's features. After the last round also the
 kNN accuracy of every path (`path_knn`) and the linear probe of the full network.

@@ -1,4 +1,4 @@
-"""One client's round of federated SDR pre-training (SPEC §6).
+"""One client's round of federated SDR pre-training (docs/algorithms.md#sdr).
 
 Load the global SDRnet, heads and centroids; assign each local image to a cluster (= path) with
 the global centroids; train the full SDRnet and the paths of the current progressive stage

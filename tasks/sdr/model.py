@@ -1,4 +1,4 @@
-"""The SDR model as federated (SPEC §6): SDRnet + SimSiam heads + the clustering centroids, its
+"""The SDR model as federated (docs/algorithms.md#sdr): SDRnet + SimSiam heads + the clustering centroids, its
 sizes from `sdr.*`, and its upload layout with the rows of every individual group (`regions`),
 which the server aggregates over the clients that trained that group.
 """
@@ -18,7 +18,7 @@ from tasks.sdr.net import SDRNet, SlicedLinear, all_paths
 
 class SDRSimSiam(nn.Module):
     """SDRNet + SimSiam projector (first layer sliced, so a path uses its own feature channels)
-    + predictor + the clustering centroids (global weights, SPEC §6)."""
+    + predictor + the clustering centroids (global weights, docs/algorithms.md#sdr)."""
 
     def __init__(self, net: SDRNet, proj_dim: int = 128, pred_hidden: int = 64, clusters: int | None = None):
         super().__init__()

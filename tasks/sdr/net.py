@@ -1,4 +1,4 @@
-"""SDR: scalable dynamic routing (AAAI 2022), SPEC §6 — the SDRnet, its paths and exported paths.
+"""SDR: scalable dynamic routing (AAAI 2022), docs/algorithms.md#sdr — the SDRnet, its paths and exported paths.
 
 An SDR block is a residual block whose output channels are split into `shared` channels and
 G individual groups of `group` channels. A path chooses one individual group per block; its

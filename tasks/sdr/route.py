@@ -1,4 +1,4 @@
-"""Routing a downstream task to a sub-network of a trained SDR checkpoint (SPEC §6).
+"""Routing a downstream task to a sub-network of a trained SDR checkpoint (docs/algorithms.md#routing-a-downstream-task).
 
     python main.py mode=route checkpoint=<run>/checkpoint_final.pt dataset=cifar10
 

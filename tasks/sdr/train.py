@@ -1,4 +1,4 @@
-"""SDR training (SPEC §6): balanced clusters from learnable centroids, progressive stages, and one
+"""SDR training (docs/algorithms.md#sdr): balanced clusters from learnable centroids, progressive stages, and one
 client's local epochs of SimSiam on the full SDRnet plus SimSiam + SiamKD on the paths.
 
 Training (one local step): SimSiam on the full SDRnet with a batch of all data, plus SimSiam on
@@ -25,7 +25,7 @@ from tasks.sdr.model import SDRSimSiam
 
 
 def path_in_stage(path: int, stage: int, groups: int, blocks: int) -> int | None:
-    """The path that trains the data of cluster `path` in progressive stage `stage` (SPEC §6).
+    """The path that trains the data of cluster `path` in progressive stage `stage` (docs/algorithms.md#progressive-training-and-siamkd).
 
     Stage 0: none (full network only). Stage s: the last s blocks keep the cluster's groups,
     the earlier ones use group 0; stage B: every path is its own.
@@ -49,7 +49,7 @@ def cluster_scores(features: torch.Tensor, centroids: torch.Tensor) -> torch.Ten
 def centroid_loss(features: torch.Tensor, centroids: torch.Tensor, temperature: float = 0.1,
                   epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
     """Cross-entropy between the Sinkhorn-Knopp equal-size assignments U of S (no gradient)
-    and softmax(S / T); minimised over the centroids (SPEC §6)."""
+    and softmax(S / T); minimised over the centroids (docs/algorithms.md#data-clusters)."""
     s = cluster_scores(features.detach(), centroids)
     with torch.no_grad():
         u = sinkhorn(s, epsilon, iterations)  # rows sum to 1, every cluster gets N/K in total

@@ -1,2 +1,2 @@
-"""Self-supervised representation learning (SPEC §1-§4): local methods, their upload layouts,
+"""Self-supervised representation learning (docs/algorithms.md, #local-self-supervised-learning to #evaluating-representations): local methods, their upload layouts,
 one client's round (FedU/FedBYOL/FedEMA/FedAvg/standalone all run it), and the evaluation."""

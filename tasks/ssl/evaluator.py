@@ -1,4 +1,4 @@
-"""Server-side evaluation of the federated encoder(s) (SPEC §4), given to strategies as a hook."""
+"""Server-side evaluation of the federated encoder(s) (docs/algorithms.md#evaluating-representations), given to strategies as a hook."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class RepresentationEvaluator:
         return out
 
     def semi_supervised(self, backbone, device) -> dict:
-        """Fine-tune (a copy of) the backbone with 1% / 10% of the training labels (SPEC §4)."""
+        """Fine-tune (a copy of) the backbone with 1% / 10% of the training labels (docs/algorithms.md#semi-supervised-fine-tuning)."""
         ds, s, ev = dataset_from_cfg(self.cfg), self.sets(), self.ev
         labels = np.asarray(ds.y_train)
         out = {}
@@ -99,7 +99,7 @@ class RepresentationEvaluator:
         results = {name: self.evaluate_one(arrays, final) for name, arrays in models.items()}
         if list(results) == ["global"]:
             out = dict(results["global"])
-        else:  # standalone: mean over clients of each client's own model (SPEC §4)
+        else:  # standalone: mean over clients of each client's own model (docs/algorithms.md#standalone-models)
             out = {key: float(np.mean([r[key] for r in results.values()])) for key in results[next(iter(results))]}
             out["per_client"] = results
         out["final"] = final

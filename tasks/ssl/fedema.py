@@ -1,4 +1,4 @@
-"""FedEMA's client-side update (ICLR 2022; SPEC §3): mix the local and the global models.
+"""FedEMA's client-side update (ICLR 2022; docs/algorithms.md#fedema): mix the local and the global models.
 
 W_k <- mu_k * W_k^local + (1 - mu_k) * W_g for the uploaded parts (online encoder and
 predictor), mu_k = min(lambda_k * d_k, 1), d_k = FedU's divergence between the local and the
@@ -28,7 +28,7 @@ def ema_mix(method: SSLMethod, keys: list[str], global_arrays: list[np.ndarray],
 
 def fedema_update(method: SSLMethod, keys: list[str], received: list[np.ndarray], divergence_idx: list[int],
                   info: dict, server_round: int, tau: float, fixed_lambda: float | None) -> dict:
-    """SPEC §3 on a client that trained before: reset to the global model after skipped rounds,
+    """FedEMA's rule (docs/algorithms.md#fedema) on a client that trained before: reset to the global model after skipped rounds,
     otherwise mix with lambda fixed (given) or remembered from its first mixing (`info`)."""
     if int(info.get("last_round", 0)) < server_round - 1:
         loaded = set_arrays(method, keys, received)

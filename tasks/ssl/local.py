@@ -1,8 +1,8 @@
-"""One client's round of the SSL task (DESIGN.md conv. 1 and 5): what its instructions say to do
+"""One client's round of the SSL task (conventions 1 and 5, docs/architecture.md#conventions-and-where-they-come-from): what its instructions say to do
 with the received weights, local training, what it uploads and what it keeps.
 
 - receive: replace the uploaded parts (declining the optional ones when told to keep its own
-  predictor, SPEC §2.3), or mix with FedEMA's rule (SPEC §3), or keep everything (standalone);
+  predictor, docs/algorithms.md#the-divergence-aware-predictor-update-dapu), or mix with FedEMA's rule (docs/algorithms.md#fedema), or keep everything (standalone);
 - on its first participation the local parts (BYOL's target) start as a copy of what it received;
 - train E epochs; report the reference form of FedU's divergence (before vs after training);
 - keep what the server will not send back as it was (target; predictor under DAPU; everything
@@ -51,7 +51,7 @@ def local_round(r: LocalRound) -> LocalResult:
     after = get_arrays(method, [keys[i] for i in div_idx])
     method.before_upload()
     keep = kept_keys(method, plan, keys, keep_everything=ins.keep_everything, keep_optional=ins.keep_optional)
-    # the reference form (SPEC §2.3): before vs after this round's training; relative to `before`
+    # the reference form (docs/algorithms.md#the-divergence-aware-predictor-update-dapu): before vs after this round's training; relative to `before`
     reference, reference_relative = (layer_divergences(after, before, list(range(len(div_idx)))) if div_idx
                                      else (0.0, 0.0))
     metrics = {
@@ -61,7 +61,7 @@ def local_round(r: LocalRound) -> LocalResult:
         **{f"ema_{k}": v for k, v in mixing.items()},
     }
     info = {"ema_lambda": mixing["lambda"]} if "lambda" in mixing else {}
-    if method.assignments is not None:  # a clustering method (SPEC §8): its clusters' NMI, kept for the next round
+    if method.assignments is not None:  # a clustering method (docs/algorithms.md#clustering-based-self-supervision): its clusters' NMI, kept for the next round
         metrics.update(method.cluster_report)
         metrics.update(nmi_report(method.assignments, client_labels(cfg, r.partition_id), r.info.get("assignments")))
         info["assignments"] = [int(a) for a in method.assignments]

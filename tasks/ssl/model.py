@@ -1,5 +1,5 @@
 """The SSL task's model on the wire: which state_dict entries travel, derived from a method's
-SyncPlan (DESIGN.md conv. 4), and what a client keeps between rounds.
+SyncPlan (convention 4, docs/architecture.md#conventions-and-where-they-come-from), and what a client keeps between rounds.
 
 Client and server both call `build_federated_method` with the same config and layout options
 (sync, bn: the strategy's settings, sent to every client in its instructions), so the order of
@@ -46,7 +46,7 @@ def kept_keys(method: SSLMethod, plan: SyncPlan, uploaded: list[str], keep_every
 
 
 def divergence_layers(keys: list[str], plan: SyncPlan) -> list[int]:
-    """Positions of the evaluated encoder's backbone conv weights in the upload (SPEC §2.3)."""
+    """Positions of the evaluated encoder's backbone conv weights in the upload (docs/algorithms.md#the-divergence-aware-predictor-update-dapu)."""
     return [i for i, k in enumerate(keys) if is_divergence_weight(k, plan.eval_encoder + ".")]
 
 

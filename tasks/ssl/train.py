@@ -1,4 +1,4 @@
-"""Local self-supervised training of one client for one round (SPEC §1.1)."""
+"""Local self-supervised training of one client for one round (docs/algorithms.md#byol)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def train_one_round(
 ) -> dict:
     """E epochs of SGD on uint8 NHWC `images`, each batch augmented by the method's own recipe.
 
-    The optimizer is rebuilt each round (SPEC §1.1); batches drop the last incomplete one.
+    The optimizer is rebuilt each round (docs/algorithms.md#byol); batches drop the last incomplete one.
     progress_start/progress_span place this round in the client's whole run (for schedules
     such as BYOL's cosine tau). Forward passes run in `compute`'s precision and memory format,
     the loss and the updates in fp32. Raises NonFiniteLossError naming `who` on a NaN/inf loss.

@@ -1,4 +1,4 @@
-"""What every local SSL method provides, and which of its weights travel (DESIGN.md conv. 3-4).
+"""What every local SSL method provides, and which of its weights travel (conventions 3-4, docs/architecture.md#conventions-and-where-they-come-from).
 
 A method is an nn.Module whose state_dict keys start with the name of one of its *parts*
 (e.g. BYOL: `online.`, `predictor.`, `target.`). Which parts are uploaded to the server and
@@ -42,7 +42,7 @@ class SyncPlan:
 
 
 def momentum_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """xi <- tau * xi + (1 - tau) * theta, parameters only (SPEC §1.1)."""
+    """xi <- tau * xi + (1 - tau) * theta, parameters only (docs/algorithms.md#byol)."""
     with torch.no_grad():
         for t, o in zip(target.parameters(), online.parameters()):
             t.mul_(tau).add_(o.detach(), alpha=1.0 - tau)
@@ -66,7 +66,7 @@ class SSLMethod(nn.Module):
     needs_index = False  # loss(views, generator, index): the batch's rows among the client's images
     CLIENT_METRICS: tuple[str, ...] = ()  # its clients' own metrics recorded per client in summary.json
     CLIENT_FIELDS: tuple = ()  # those of them the round's console line shows (protocol.fields.ClientField)
-    global_clusters = False  # clusters/prototypes that are the federation's (SPEC §8, ssl.clusters=global)
+    global_clusters = False  # clusters/prototypes that are the federation's (docs/algorithms.md#federated-forms, ssl.clusters=global)
     sum_merge: tuple[tuple[str, str], ...] = ()  # (centroids key, counts key): uploaded as sums and counts
     # (centroids key, head keys): entries whose row j scores global cluster j (re-initialised by the server)
     cluster_heads: tuple[tuple[str, tuple[str, ...]], ...] = ()

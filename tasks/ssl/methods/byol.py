@@ -1,4 +1,4 @@
-"""BYOL, FedU's local method (SPEC §1.1)."""
+"""BYOL, FedU's local method (docs/algorithms.md#byol)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tasks.ssl.methods.base import SSLMethod, SyncPlan, momentum_update
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """l(p, z) = 2 - 2 cos(p, z), averaged over the batch (SPEC §1.1)."""
+    """l(p, z) = 2 - 2 cos(p, z), averaged over the batch (docs/algorithms.md#byol)."""
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
 
 
@@ -42,7 +42,7 @@ class BYOL(SSLMethod):
         self.tau0, self.tau_schedule = tau, tau_schedule
 
     def sync_plan(self, sync: str = "online") -> SyncPlan:
-        """FedU uploads the online encoder and the predictor, never the target (SPEC §2.5).
+        """FedU uploads the online encoder and the predictor, never the target (docs/algorithms.md#upload-and-aggregation).
         The sync ablation uploads the target instead, or both encoders."""
         encoders = {"online": ("online",), "target": ("target",), "both": ("online", "target")}
         if sync not in encoders:
@@ -64,7 +64,7 @@ class BYOL(SSLMethod):
 
     def init_local_parts(self, received: set[str]) -> None:
         """First participation: the local encoder starts as a copy of the received one
-        (SPEC §2.2; not aliased to it as the reference code does)."""
+        (docs/algorithms.md#the-target-network-stays-on-the-client; not aliased to it as the reference code does)."""
         if "online" in received and "target" not in received:
             self.target.load_state_dict(self.online.state_dict())
         elif "target" in received and "online" not in received:

@@ -1,4 +1,4 @@
-"""MoCo v1/v2 (SPEC §1.2): query encoder + momentum key encoder + queue of keys, symmetric loss,
+"""MoCo v1/v2 (docs/algorithms.md#the-other-local-methods): query encoder + momentum key encoder + queue of keys, symmetric loss,
 with shuffling BatchNorm done on one device."""
 
 from __future__ import annotations

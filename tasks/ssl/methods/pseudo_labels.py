@@ -1,4 +1,4 @@
-"""What the clustering methods share (SPEC §8: DeepCluster, SeLa): a backbone whose features of the
+"""What the clustering methods share (docs/algorithms.md#clustering-based-self-supervision: DeepCluster, SeLa): a backbone whose features of the
 client's own images, without augmentation, are turned into pseudo-labels before an epoch, and
 heads trained with cross-entropy on those labels for one augmented view per image.
 

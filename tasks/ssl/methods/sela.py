@@ -1,4 +1,4 @@
-"""SeLa, self-labelling (SPEC §8, Asano et al. ICLR 2020): pseudo-labels that agree with the heads'
+"""SeLa, self-labelling (docs/algorithms.md#sela, Asano et al. ICLR 2020): pseudo-labels that agree with the heads'
 own predictions under an equal-partition constraint, then cross-entropy on them
 (tasks/ssl/methods/pseudo_labels.py).
 

@@ -1,4 +1,4 @@
-"""SimCLR (SPEC §1.2): encoder with an MLP projector; NT-Xent over the 2N views of a batch."""
+"""SimCLR (docs/algorithms.md#the-other-local-methods): encoder with an MLP projector; NT-Xent over the 2N views of a batch."""
 
 from __future__ import annotations
 

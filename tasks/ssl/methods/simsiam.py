@@ -1,4 +1,4 @@
-"""SimSiam (SPEC §1.2): encoder + predictor, no target network."""
+"""SimSiam (docs/algorithms.md#the-other-local-methods): encoder + predictor, no target network."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tasks.ssl.methods.base import SSLMethod, SyncPlan, one_encoder
 
 
 class SimSiam(SSLMethod):
-    """L = 1/2 D(p1, sg z2) + 1/2 D(p2, sg z1), D = -cos (SPEC §1.2)."""
+    """L = 1/2 D(p1, sg z2) + 1/2 D(p2, sg z1), D = -cos (docs/algorithms.md#the-other-local-methods)."""
 
     name = "simsiam"
 

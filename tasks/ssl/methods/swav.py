@@ -1,4 +1,4 @@
-"""SwAV (SPEC §1.2): prototypes, codes by Sinkhorn-Knopp, swapped prediction."""
+"""SwAV (docs/algorithms.md#the-other-local-methods): prototypes, codes by Sinkhorn-Knopp, swapped prediction."""
 
 from __future__ import annotations
 
