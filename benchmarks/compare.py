@@ -41,7 +41,7 @@ METHODS = {
     "fedsimclr": ("FedSimCLR", ["strategy=fedavg", "ssl=simclr"]),
     "fedmoco": ("FedMoCo (v2)", ["strategy=fedavg", "ssl=mocov2"]),
     "fedswav": ("FedSwAV", ["strategy=fedavg", "ssl=swav"]),
-    # the clustering family (issue 15, SPEC §8): clusters per client (local) or the federation's (global)
+    # the clustering family (issue 15, docs/algorithms.md#clustering-based-self-supervision): clusters per client (local) or the federation's (global)
     "feddeepcluster": ("FedDeepCluster, local", ["strategy=fedavg", "ssl=deepcluster"]),
     "feddeepcluster_global": ("FedDeepCluster, global", ["strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global"]),
     "feddeepcluster_balanced": ("FedDeepCluster, global, balanced", ["strategy=fedavg", "ssl=deepcluster",
@@ -51,7 +51,7 @@ METHODS = {
     "standalone": ("Standalone", ["strategy=standalone"]),
     "centralised": ("Centralised", ["strategy=centralised"]),
     "random_init": ("Random init (no training)", ["strategy=fedu", "mode=evaluate", "checkpoint=init"]),
-    # FedU's ablations (SPEC §2): the predictor rule (dapu = FedU, global = FedBYOL), what is synchronised,
+    # FedU's ablations (docs/algorithms.md#baselines): the predictor rule (dapu = FedU, global = FedBYOL), what is synchronised,
     # and DAPU with the scale-free divergence (issue 14)
     "fedu_predictor_local": ("FedU, predictor local", ["strategy=fedu", "strategy.predictor=local"]),
     "fedu_sync_target": ("FedU, sync target", ["strategy=fedu", "strategy.sync=target"]),
@@ -159,16 +159,17 @@ def set_aside(out: Path) -> None:
         print(f"{out}: stopped before saving a round; moved to {aside}, starting it again", flush=True)
 
 
-def run_resumable(out: Path, overrides: list[str]) -> dict:
+def run_resumable(out: Path, overrides: list[str], program: tuple[str, ...] = ("main.py",)) -> dict:
     """One `python main.py` run into `out`: reused when completed, resumed when interrupted, started
-    again (the old folder set aside) when it stopped before saving any round."""
+    again (the old folder set aside) when it stopped before saving any round. `program`: what runs
+    in place of main.py (a launcher that runs main.py with a change of its own)."""
     done = completed(out / "summary.json")
     if done is not None:
         print(f"{out}: done earlier, reusing its summary.json", flush=True)
         return done
-    cmd = [sys.executable, "main.py", *overrides, f"output_dir={out}"]
+    cmd = [sys.executable, *program, *overrides, f"output_dir={out}"]
     if out.exists() and (out / "state" / "server.pt").is_file():
-        cmd = [sys.executable, "main.py", f"resume={out}"]  # an interrupted cell continues
+        cmd = [sys.executable, *program, f"resume={out}"]  # an interrupted cell continues
     else:
         set_aside(out)
     t0 = time.perf_counter()

@@ -1,9 +1,9 @@
-"""FedSSL: the base every strategy of this project builds on, and plain FedAvg (SPEC §2.6).
+"""FedSSL: the base every strategy of this project builds on, and plain FedAvg (docs/algorithms.md#upload-and-aggregation).
 
 It averages a task's uploaded parts weighted by examples (`strategy=fedavg`; `strategy=centralised`
 is the same with one client holding everything). Subclasses change what a client is told
 (`instructions`), how updates are combined (`aggregate_updates`) and what is evaluated
-(`models_to_evaluate`). NumPy only: torch work is injected as ServerHooks (DESIGN.md conv. 2).
+(`models_to_evaluate`). NumPy only: torch work is injected as ServerHooks (convention 2, docs/architecture.md#conventions-and-where-they-come-from).
 
 Per-round protocol, shared by every strategy:
 - clients are identified by partition id (learned once through get_properties), sampled with
@@ -52,7 +52,7 @@ from protocol.privacy import dp_mean, gaussian_epsilon
 from protocol.robust import RULES, combine
 from protocol.transfer import TRANSFER_DTYPES, encode
 from protocol.weights import NDArrays
-from strategies.cluster_merge import merge_clusters
+from strategies.cluster_merge import CLUSTER_FIELDS, merge_clusters
 from strategies.failures import TrackedClient, error_text, failed_partition
 from strategies.site_evaluation import merge_site_reports
 from strategies.intake import absence, collect_updates, learn_partition_ids, note_identity, screen_reports
@@ -60,14 +60,14 @@ from strategies.trust import ExampleLimits, IdentityBook, aggregate_problem
 
 
 class FedSSL(FedAvg):
-    """Federated averaging of a task's uploaded parts, weighted by examples (SPEC §2.6).
+    """Federated averaging of a task's uploaded parts, weighted by examples (docs/algorithms.md#upload-and-aggregation).
 
-    pool_clients: one client holds what the federation would hold (strategy=centralised, the
-    upper bound): nothing would cross a network, so no traffic is counted.
+    pool_clients: one client holds what the federation would hold (strategy=centralised, the upper bound): no traffic counted.
     """
 
     CLIENT_FIELDS: tuple = ()  # protocol.fields.ClientField: per-client values this strategy records
-    ROUND_FIELDS: tuple = (RoundField("dp_epsilon", "DP epsilon", fmt=".3f"),)  # round-level values it records
+    aggregates_by: str = "weighted_mean"  # the server's rule, read by app/audit.py (strategies/__init__.py lists them)
+    ROUND_FIELDS: tuple = (RoundField("dp_epsilon", "DP epsilon", fmt=".3f"), *CLUSTER_FIELDS)  # round-level values
 
     def __init__(self, *, layout: Layout, hooks: ServerHooks, initial_arrays: NDArrays, num_rounds: int,
                  num_clients: int, fraction_fit: float = 1.0, min_fit_clients: int = 1, eval_every: int = 10,
@@ -95,7 +95,7 @@ class FedSSL(FedAvg):
         self.dp_rounds = 0  # rounds whose aggregate was noised: the privacy spent so far
         if self.dp[0] is not None and (robust != "none" or layout.sum_merge or layout.regions):
             raise ConfigError("strategy.dp_noise_multiplier adds noise to a clipped mean of the updates; it cannot be "
-                              "combined with strategy.robust, global clusters or SDR's groups (README \"Trust\")")
+                              "combined with strategy.robust, global clusters or SDR's groups (docs/deployment.md, \"Trust\")")
         self.client_timeout = float(client_timeout)
         self.global_arrays = [np.asarray(a) for a in initial_arrays]  # what the clients receive (the server's fp32)
         self.identity = IdentityBook(num_clients)
@@ -231,7 +231,7 @@ class FedSSL(FedAvg):
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
         return merge_clusters(self.layout, self.combine(updates), updates,
-                              self.seed, server_round, self.global_arrays)  # global clusters: k-means, not a mean
+                              self.seed, server_round, self.global_arrays, self.record)  # global clusters: k-means
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
         server_round += self.round_offset
@@ -294,7 +294,7 @@ class FedSSL(FedAvg):
             self.last_checkpoint = record["round"]
 
     def configure_evaluate(self, server_round, parameters, client_manager):
-        """Representations are evaluated centrally (SPEC §4); a layout evaluated by the clients sends
+        """Representations are evaluated centrally (docs/algorithms.md#evaluating-representations); a layout evaluated by the clients sends
         the global weights to every connected client after an evaluation round's aggregation."""
         if self.pending_eval is None:
             return []

@@ -1,4 +1,4 @@
-"""Global clusters in an upload (SPEC §8, `clusters=global`): the entries a layout marks as
+"""Global clusters in an upload (docs/algorithms.md#federated-forms, `clusters=global`): the entries a layout marks as
 `sum_merge` pairs (centroids, counts) arrive from each client as its per-centroid feature sums and
 counts, not as weights; averaging them would be wrong. The server replaces their weighted mean by
 federated k-means: c_j = sum_k s_kj / sum_k n_kj (protocol/clustering.merge_centroids, empty
@@ -30,10 +30,14 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.clustering import merge_centroids, weighted_kmeans
+from protocol.fields import RoundField
 from protocol.layout import Layout
 from protocol.weights import NDArrays
 
 
+# what the merge records for the round (global clusters only; absent from other runs' rounds)
+CLUSTER_FIELDS = (RoundField("global_clusters_filled", "global clusters filled", fmt=".0f"),
+                  RoundField("global_largest_share", "largest global cluster share", fmt=".2f"))
 HEAD_STD = 0.01  # DeepCluster's initialisation of its classifier's weights (biases zero)
 
 
@@ -51,16 +55,21 @@ def reinit_rows(arrays: NDArrays, heads, rows, rng: np.random.Generator) -> None
 
 
 def merge_clusters(layout: Layout, aggregated: NDArrays, updates, seed: int, server_round: int,
-                   previous: NDArrays) -> NDArrays:
+                   previous: NDArrays, record: dict) -> NDArrays:
     """`aggregated` with every sum-merged pair recomputed from the updates' sums and counts, and
     the rows of its tied head re-initialised where the clusters changed meaning. `previous`: the
-    global arrays the round started from (their centroids are what an empty cluster keeps)."""
+    global arrays the round started from (their centroids are what an empty cluster keeps). The
+    round's `record` gets how many global clusters the clients' images filled and the largest
+    one's share of them (before the repair: what the round's assignments did)."""
     heads = dict(layout.cluster_heads)
     for centroids, counts in layout.sum_merge:
         round_seed = int(np.random.SeedSequence([seed, server_round, 8]).generate_state(1)[0])
         head_rng = np.random.default_rng([seed, server_round, 9, centroids])
         sums, ns = [u[1][centroids] for u in updates], [u[1][counts] for u in updates]
         k = len(aggregated[centroids])
+        filled = np.sum(ns, axis=0)
+        record["global_clusters_filled"] = int((filled > 0).sum())
+        record["global_largest_share"] = float(filled.max() / max(filled.sum(), 1))
         if not any(u[3].get("global_clusters_started", 1.0) for u in updates):
             local = [s[n > 0] / n[n > 0, None] for s, n in zip(sums, ns)]
             c, total = weighted_kmeans(np.concatenate(local), np.concatenate([n[n > 0] for n in ns]),

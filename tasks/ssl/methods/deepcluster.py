@@ -1,4 +1,4 @@
-"""DeepCluster (SPEC §8, the survey's clustering family): k-means pseudo-labels from the client's
+"""DeepCluster (docs/algorithms.md#deepcluster, the survey's clustering family): k-means pseudo-labels from the client's
 own features, then cross-entropy of a k-way head on augmented views (tasks/ssl/methods/pseudo_labels.py).
 
 Labels: the backbone features of all the client's images (eval mode, L2-normalised; the reference
@@ -33,7 +33,7 @@ cosine scores to the normalised centroids, equal-partition Sinkhorn-Knopp with `
 same solver as SeLa's): the plan gives every global cluster N/k of the mass, its argmax (SeLa's
 hard labels) roughly so. Why it exists: measured at experiment=cpu, nearest assignment under the
 averaged backbone filled 3-5 of 32 clusters in round 2 and one in round 3, after which one
-pseudo-class left nothing to learn and the features died (README "Clustering-based SSL");
+pseudo-class left nothing to learn and the features died (docs/clustering.md);
 Orchestra guards against that degenerate solution with this constraint.
 """
 
@@ -57,21 +57,25 @@ class DeepCluster(PseudoLabelMethod):
     name = "deepcluster"
     CONFIG = {"num_clusters": Int(min=2), "recluster_every": Int(min=1, null=True), "kmeans_iterations": Int(min=1),
               "feature_batch_size": Int(min=1), "clusters": Choice(options=("local", "global")),
-              "assign": Choice(options=("nearest", "balanced")), "sk_lambda": Float(above=0)}
+              "assign": Choice(options=("nearest", "balanced")), "sk_lambda": Float(above=0),
+              "centroid_features": Choice(options=("trained", "received"))}
     CLIENT_METRICS = (*PseudoLabelMethod.CLIENT_METRICS, "cluster_repairs", "global_clusters_started")
-    # k-means clusters its images left empty (each repaired from a non-empty one, SPEC §8)
+    # k-means clusters its images left empty (each repaired from a non-empty one, docs/algorithms.md#deepcluster)
     CLIENT_FIELDS = (*PseudoLabelMethod.CLIENT_FIELDS, ClientField("cluster_repairs", "empty clusters repaired", fmt=".0f"))
     LOCAL_PARTS = ("head",)
     GLOBAL_PARTS = ("clusters",)
 
     def __init__(self, arch="resnet18", width=1.0, num_clusters=100, recluster_every=None, kmeans_iterations=20,
-                 feature_batch_size=512, clusters="local", assign="nearest", sk_lambda=25.0):
+                 feature_batch_size=512, clusters="local", assign="nearest", sk_lambda=25.0,
+                 centroid_features="trained"):
         super().__init__(arch, width, num_clusters, recluster_every, feature_batch_size, clusters)
         if assign == "balanced" and not self.global_clusters:
             raise ConfigError("ssl.assign=balanced assigns to the federation's centroids: it needs ssl.clusters=global "
                               "(under clusters=local each client runs its own k-means); set ssl.clusters=global or "
                               "ssl.assign=nearest")
         self.balanced, self.sk_lambda = assign == "balanced", float(sk_lambda)
+        self.sums_when_received = centroid_features == "received"
+        self._sums: tuple[np.ndarray, np.ndarray] | None = None  # centroid_features=received: the round's sums
         dim = self.online.backbone.out_dim
         self.head = nn.Linear(dim, self.num_clusters)
         if self.global_clusters:  # the same seeded start on every node (build_federated_method seeds torch)
@@ -104,6 +108,8 @@ class DeepCluster(PseudoLabelMethod):
             if self.global_clusters:  # no global clusters yet: its own k-means clusters start them
                 self.cluster_report["global_clusters_started"] = 0.0
         self._images = images if self.global_clusters else None
+        if self.global_clusters and self.sums_when_received and self._sums is None:
+            self._sums = self.sums_to_send(features, assignments)  # the received backbone's, as assigned
         weights = balanced_sample_weights(assignments, self.num_clusters)
         self._labels = torch.from_numpy(assignments).to(images.device)
         self._weights = torch.from_numpy(np.asarray(weights, np.float32)).to(images.device)
@@ -118,20 +124,30 @@ class DeepCluster(PseudoLabelMethod):
         return sela_labels(features @ F.normalize(centroids, dim=1).T, self.sk_lambda).labels
 
     def before_upload(self) -> None:
-        """clusters=global: the upload carries this client's per-centroid sums and counts, of the
-        features its trained backbone gives (closer to the next global backbone than the round's
-        start): assigned to the round's global centroids, or, in the first round, its own clusters."""
+        """clusters=global: the upload carries this client's per-centroid sums and counts (clusters:
+        the round's global centroids, or in the first round its own k-means clusters). Of which
+        features (`centroid_features`): `trained`, those its trained backbone gives, assigned again
+        with them (closer to the next global backbone than the round's start); `received`, those the
+        received global backbone gave at the round's labelling, with those labels (sums and
+        assignments in one feature space)."""
         if not self.global_clusters or self._images is None:
             return
-        features = F.normalize(self.features(self._images), dim=1).cpu()
-        started = float(self.clusters.counts.sum()) > 0
-        assignments = self.global_assignments(features) if started else self.assignments
+        sums = self._sums
+        if sums is None:
+            features = F.normalize(self.features(self._images), dim=1).cpu()
+            started = float(self.clusters.counts.sum()) > 0
+            sums = self.sums_to_send(features, self.global_assignments(features) if started else self.assignments)
+        self.clusters.centroids.copy_(torch.from_numpy(sums[0]).float())
+        self.clusters.counts.copy_(torch.from_numpy(sums[1]).float())
+        self._images, self._sums = None, None
+
+    def sums_to_send(self, features: torch.Tensor, assignments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-cluster feature sums and counts; a cluster of fewer than MIN_SENT images is sent empty
+        (a cluster of one image: its sum would be that image's feature)."""
         sums, counts = cluster_sums(features, assignments, self.num_clusters)
-        lone = counts < MIN_SENT  # a cluster of one image: its sum would be that image's feature
+        lone = counts < MIN_SENT
         sums[lone], counts[lone] = 0.0, 0
-        self.clusters.centroids.copy_(torch.from_numpy(sums).float())
-        self.clusters.counts.copy_(torch.from_numpy(counts).float())
-        self._images = None
+        return sums, counts
 
     def loss(self, views, generator, index=None):
         (view,) = views
