@@ -81,8 +81,9 @@ def compute_settings(cfg: dict) -> dict:
 
 
 def compute_line(c: dict) -> str:
+    note = f" ({c['channels_last_note']})" if c.get("channels_last_note") else ""
     return (f"compute: {c['precision']} on {c['device']} ({c['precision_reason']}), channels_last="
-            f"{c['channels_last']}, compile={c['compile']}, weights travel as {c['transfer_dtype']}, "
+            f"{c['channels_last']}{note}, compile={c['compile']}, weights travel as {c['transfer_dtype']}, "
             f"{c['parallel_clients']} client(s) in parallel x {c['threads_per_client']} thread(s)")
 
 

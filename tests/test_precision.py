@@ -1,6 +1,9 @@
 """Mixed precision (issue 13): what `auto` picks and why, bad values, and that a bf16/fp16 step
 trains like fp32 while losses, updates and BatchNorm statistics stay fp32."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from tasks.common.precision import Compute, choose_precision, compute_for
 from tasks.common.training import NonFiniteLossError
 from tasks.ssl.methods.byol import BYOL
 from tasks.ssl.train import train_one_round
+from tests.conftest import DATA_DIR, ROOT
 
 CPU = torch.device("cpu")
 
@@ -95,6 +99,33 @@ def test_compute_for_reads_the_run_keys(make_cfg):
     cfg = make_cfg("precision=fp32", "channels_last=false")
     assert compute_for(cfg, CPU) == Compute(CPU, "fp32", "requested", False, False)
     assert compute_for(make_cfg("precision=auto"), CPU, flags={"amx_bf16"}).precision == "bf16"
+    bf16 = compute_for(make_cfg("precision=bf16", "channels_last=true"), CPU)
+    assert bf16.channels_last and "channels_last_note" not in bf16.describe()
+
+
+def test_at_fp32_on_a_cpu_the_networks_stay_nchw_and_the_detector_trains(make_cfg, tmp_path):
+    """oneDNN's fp32 NHWC 1x1 stride-2 convolution backward corrupts the heap (torch 2.14.1, AVX-512):
+    at fp32 on a CPU channels_last is off, said so; the detector's step that crashed then runs."""
+    fp32 = compute_for(make_cfg("precision=fp32", "channels_last=true"), CPU)
+    assert not fp32.channels_last and "oneDNN" in fp32.describe()["channels_last_note"]
+    script = tmp_path / "step.py"
+    script.write_text(f"""
+import sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+from app.config import compose, to_plain
+from tasks.common.precision import compute_for
+from tasks.detection.data import site_split
+from tasks.detection.model import build_detector
+from tasks.detection.train import batch, prepare
+cfg = to_plain(compose(["experiment=smoke", "dataset=synthetic_detection", "strategy=fedavg", "num_clients=3",
+                        "precision=fp32", "channels_last=true", "data_dir={DATA_DIR}"]))
+net = prepare(build_detector(cfg), compute_for(cfg, torch.device("cpu"))).train()
+images, targets = batch(site_split(cfg, 0, "train"), list(range(8)), torch.device("cpu"))
+sum(net(images, targets).values()).backward()
+print("trained")
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
 
 
 def test_a_mixed_precision_model_is_freed_when_its_round_drops_it():

@@ -107,6 +107,7 @@ class Compute:
     reason: str = "requested"
     channels_last: bool = False
     compile: bool = False
+    channels_last_note: str = ""  # why channels_last is off although asked ("" when it is as asked)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,7 +149,8 @@ class Compute:
 
     def describe(self) -> dict:
         return {"device": str(self.device), "precision": self.precision, "precision_reason": self.reason,
-                "channels_last": self.channels_last, "compile": self.compile}
+                "channels_last": self.channels_last, "compile": self.compile,
+                **({"channels_last_note": self.channels_last_note} if self.channels_last_note else {})}
 
 
 def slow_precision(compute: Compute) -> str | None:
@@ -160,7 +162,18 @@ def slow_precision(compute: Compute) -> str | None:
     return None
 
 
+# measured with torch 2.14.1 on an AVX-512 CPU: the fp32 backward of a 1x1 stride-2 convolution with
+# 8 input channels on 64x64 NHWC inputs (the detector's first shortcut at width 0.125) corrupts the
+# heap inside oneDNN (`jit_avx512_common_1x1_convolution_bwd_weights`) and kills the process; the
+# same layer in NCHW, or in bf16, is fine. So on a CPU at fp32 the networks stay NCHW.
+CPU_FP32_NCHW = ("off at fp32 on a CPU: oneDNN's fp32 1x1 stride-2 convolution backward in NHWC corrupts memory "
+                 "(docs/speed.md)")
+
+
 def compute_for(cfg: dict, device: torch.device, flags: set[str] | None = None) -> Compute:
     """The run's compute settings on `device` (each client resolves `auto` on its own hardware)."""
     precision, reason = choose_precision(str(cfg.get("precision", "fp32")), device, flags)
-    return Compute(device, precision, reason, bool(cfg.get("channels_last", False)), bool(cfg.get("compile", False)))
+    channels_last, note = bool(cfg.get("channels_last", False)), ""
+    if channels_last and precision == "fp32" and device.type == "cpu":
+        channels_last, note = False, CPU_FP32_NCHW
+    return Compute(device, precision, reason, channels_last, bool(cfg.get("compile", False)), note)
