@@ -28,8 +28,6 @@ from tasks.common.local import LocalResult, LocalRound
 from tasks.common.memory import release_memory
 from tasks.common.training import NonFiniteLossError, use_threads
 
-STATE_WEIGHTS = state_store.WEIGHTS  # context.state record names (weights only without a state dir)
-STATE_INFO = state_store.INFO
 
 
 class TaskClient(NumPyClient):
@@ -90,10 +88,10 @@ class TaskClient(NumPyClient):
         """(what this client kept, its notes, where they came from): "kept" (in memory since its
         last round), "restored:<round>" (from its state dir after a restart or a resume) or "new"
         (nothing of this run: a first participation, or a restart with an empty state dir)."""
-        if STATE_INFO in self.state and self.state[STATE_INFO].get("session", ins.session) == ins.session:
-            info = dict(self.state[STATE_INFO])
-            if STATE_WEIGHTS in self.state:
-                return self.state[STATE_WEIGHTS].to_torch_state_dict(), info, "kept"
+        if state_store.INFO in self.state and self.state[state_store.INFO].get("session", ins.session) == ins.session:
+            info = dict(self.state[state_store.INFO])
+            if state_store.WEIGHTS in self.state:
+                return self.state[state_store.WEIGHTS].to_torch_state_dict(), info, "kept"
             return state_store.load(self.state_dir, int(info["state_round"]))[0], info, "kept"
         restored = None if self.state_dir is None else state_store.recover(
             self.state_dir, ins.run_token, ins.session, int(ins.resume_round))
@@ -111,9 +109,9 @@ class TaskClient(NumPyClient):
         notes in context.state. Without checkpoints only the newest file is kept."""
         rnd = int(ins.server_round)
         if self.state_dir is None:
-            self.state[STATE_WEIGHTS] = ArrayRecord(out.kept)
+            self.state[state_store.WEIGHTS] = ArrayRecord(out.kept)
         else:
             info["state_round"] = rnd
             keep_from = int(ins.last_checkpoint) if int(ins.checkpoint_every) > 0 else rnd
             state_store.save(self.state_dir, rnd, out.kept, info, keep_from=keep_from)
-        self.state[STATE_INFO] = ConfigRecord(info)
+        self.state[state_store.INFO] = ConfigRecord(info)

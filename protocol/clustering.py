@@ -1,7 +1,13 @@
-"""The server's half of federated k-means (docs/algorithms.md#federated-forms, `clusters=global`): merge the clients'
-per-centroid feature sums and counts into new global centroids, with DeepCluster's empty-cluster
-rule. NumPy only (the server never imports torch); the clients' half (k-means, assignment, sums)
-is tasks/common/clustering.py, which re-exports these.
+"""k-means for DeepCluster and federated clusters, the one implementation both halves use (NumPy only).
+
+The clients' half (docs/algorithms.md#deepcluster): seeded Lloyd k-means with DeepCluster's
+empty-cluster guard, nearest-centroid assignment, per-centroid feature sums and counts. The
+server's half (docs/algorithms.md#federated-forms, `clusters=global`): the merge of the clients'
+sums and counts into new global centroids with the same empty-cluster rule, and the start of the
+global clusters: the same k-means, weighted, over the clients' local centroids. It lives in
+protocol/ because both the server (which never imports torch) and the clients' tasks import it;
+torch tensors are accepted anywhere (moved to the CPU and converted without importing torch).
+Every random choice comes from `np.random.default_rng(seed)`: same inputs and seed, same result.
 """
 
 from __future__ import annotations
@@ -91,34 +97,144 @@ def merge_centroids(sums_list, counts_list, previous_centroids, seed: int,
     return MergeResult(c.astype(out), total_n, int((~full).sum()), tuple(refilled), tuple(donors))
 
 
-def weighted_kmeans(points, weights, k: int, iterations: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (k, D), total weight per centroid) of seeded weighted k-means over `points` (the
-    clients' local centroids, weighted by their counts: how `clusters=global` starts, as Orchestra
-    clusters the clients' local centroids on the server). k-means++ seeding drawn in proportion to
-    weight x squared distance; an empty cluster takes a random point plus a small perturbation."""
-    x, w = _numpy(points, np.float64), _numpy(weights, np.float64).ravel()
-    keep = w > 0
-    x, w = x[keep], w[keep]
-    if len(x) == 0:
-        raise ClusteringError("no client reported a non-empty cluster to start the global clusters from")
-    rng = np.random.default_rng(seed)
-    first = int(rng.choice(len(x), p=w / w.sum()))
-    c = [x[first]]
-    d2 = ((x - x[first]) ** 2).sum(1)
+def _features(features) -> np.ndarray:
+    x = _numpy(features)
+    if x.ndim != 2 or len(x) == 0:
+        raise ClusteringError(f"features must be a non-empty (N, D) array, got shape {x.shape}")
+    return x.astype(np.result_type(x.dtype, np.float32), copy=False)
+
+
+def _check_k(k: int, n: int) -> None:
+    if k < 2:
+        raise ClusteringError(f"number of clusters k={k} must be at least 2")
+    if k > n:
+        raise ClusteringError(f"number of clusters k={k} exceeds the number of points ({n})")
+
+
+def assign(features, centroids) -> np.ndarray:
+    """Index of the nearest centroid per row, by squared Euclidean distance (ties: lowest index).
+    On L2-normalised features and centroids this is the cosine-nearest centroid too
+    (||x - c||^2 = 2 - 2 cos); normalising is the caller's choice (DeepCluster: PCA, then L2)."""
+    x, c = _features(features), _numpy(centroids)
+    if c.ndim != 2 or c.shape[1] != x.shape[1]:
+        raise ClusteringError(f"centroids of shape {c.shape} do not match features of dimension {x.shape[1]}")
+    c = c.astype(x.dtype, copy=False)
+    d = (c * c).sum(1)[None, :] - 2.0 * (x @ c.T)  # ||x||^2 is the same for every centroid
+    return d.argmin(1).astype(np.int64)
+
+
+def cluster_sums(features, assignments, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster feature sums (k, D) float64 and counts (k,) int64: what a client uploads in
+    `clusters=global` (docs/algorithms.md#federated-forms): aggregates over its assignments, never one image's feature."""
+    x, a = _features(features), _numpy(assignments).astype(np.int64).ravel()
+    if len(a) != len(x):
+        raise ClusteringError(f"{len(a)} assignments for {len(x)} feature rows")
+    if len(a) and (a.min() < 0 or a.max() >= k):
+        raise ClusteringError(f"assignments must lie in [0, {k}), got [{a.min()}, {a.max()}]")
+    sums = np.zeros((k, x.shape[1]), np.float64)
+    np.add.at(sums, a, x.astype(np.float64))
+    return sums, np.bincount(a, minlength=k).astype(np.int64)
+
+
+def _mean(x: np.ndarray, rows: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """The mean of x[rows], weighted by w[rows] when weights are given."""
+    if w is None:
+        return x[rows].mean(0)
+    return ((w[rows, None] * x[rows]).sum(0) / w[rows].sum()).astype(x.dtype)
+
+
+def _repair(x, a, c, counts, rng, eps, w=None) -> int:
+    """DeepCluster's guard (docs/algorithms.md#deepcluster), in place: each empty cluster e takes a random non-empty
+    donor d's centroid; with a random delta, c_e = c_d + delta and c_d = c_d - delta; d's points go
+    to the nearer of the two (the side of (x - c_d) . delta), rank-split in half when all fall on one
+    side (duplicates); both centroids then become the (weighted) means of their points (Lloyd's update).
+    Returns how many clusters were repaired."""
+    repaired = 0
+    for e in np.flatnonzero(counts == 0):
+        donor = _pick_donor(counts, rng)
+        if donor is None:  # fewer points than clusters: cannot happen when k <= N
+            break
+        members = np.flatnonzero(a == donor)
+        proj = (x[members] - c[donor]) @ _perturbation(c[donor], rng, eps).astype(x.dtype)
+        side = proj > 0
+        if side.all() or not side.any():
+            side = np.zeros(len(members), bool)
+            side[np.argsort(proj, kind="stable")[len(members) // 2:]] = True
+        a[members[side]] = e
+        c[e], c[donor] = _mean(x, members[side], w), _mean(x, members[~side], w)
+        counts[e], counts[donor] = side.sum(), (~side).sum()
+        repaired += 1
+    return repaired
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, w: np.ndarray | None = None) -> np.ndarray:
+    """k-means++ seeding: the first centre uniform (weighted: in proportion to weight), each next one
+    drawn with probability proportional to (weight x) the squared distance to the nearest centre
+    chosen so far."""
+    idx = [int(rng.integers(len(x))) if w is None else int(rng.choice(len(x), p=w / w.sum()))]
+    d2 = ((x - x[idx[0]]) ** 2).sum(1).astype(np.float64)
     for _ in range(1, k):
-        p = w * d2
-        i = int(rng.choice(len(x), p=p / p.sum())) if p.sum() > 0 else int(rng.choice(len(x), p=w / w.sum()))
-        c.append(x[i] + (_perturbation(x[i], rng, PERTURBATION) if p.sum() <= 0 else 0.0))
-        d2 = np.minimum(d2, ((x - c[-1]) ** 2).sum(1))
-    c = np.stack(c)
+        p = d2 if w is None else d2 * w
+        if p.sum() > 0:
+            i = int(rng.choice(len(x), p=p / p.sum()))
+        else:  # all remaining points coincide with centres: any unused one
+            i = int(rng.choice(np.setdiff1d(np.arange(len(x)), idx)))
+        idx.append(i)
+        d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(1))
+    return x[idx].copy()
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    centroids: np.ndarray  # (k, D), the features' float dtype; each the mean of its points
+    assignments: np.ndarray  # (N,) int64; no cluster is empty (k <= N)
+    counts: np.ndarray  # (k,) int64: points per cluster
+    mass: np.ndarray  # (k,) float64: weight per cluster (the counts when the points are not weighted)
+    repairs: int  # empty clusters repaired over all iterations
+    empty_last: int  # clusters empty at the last assignment step, before repair
+    iterations: int  # Lloyd iterations run (fewer than asked when the assignments stopped changing)
+
+
+def kmeans(features, k: int, iterations: int = 20, seed: int = 0, init="k-means++",
+           eps: float = PERTURBATION, weights=None) -> KMeansResult:
+    """Lloyd's k-means of (N, D) features (DeepCluster's step 1, docs/algorithms.md#deepcluster), deterministic for a seed.
+    Features are clustered as given (Euclidean; L2-normalise first for cosine). `init`:
+    "k-means++", "random" (k distinct points) or a (k, D) array of starting centroids. Each
+    iteration assigns, updates centroids to means, then repairs empty clusters (`_repair`).
+    Stops early when the assignments no longer change. `weights` (N,), positive: weighted
+    k-means (weighted means and k-means++ draws), how the server starts the global clusters from
+    the clients' local centroids weighted by their counts (docs/algorithms.md#federated-forms)."""
+    x = _features(features)
+    _check_k(k, len(x))
+    w = None if weights is None else _numpy(weights, np.float64).ravel()
+    if w is not None and (w.shape != (len(x),) or not np.all(np.isfinite(w)) or (w <= 0).any()):
+        raise ClusteringError(f"k-means weights must be {len(x)} positive finite values, got shape {w.shape}")
+    if iterations < 1:
+        raise ClusteringError(f"k-means iterations={iterations} must be at least 1")
+    rng = np.random.default_rng(seed)
+    if isinstance(init, str):
+        if init not in ("k-means++", "random"):
+            raise ClusteringError(f"k-means init={init!r}: use 'k-means++', 'random' or a (k, D) array")
+        c = _kmeans_pp(x, k, rng, w) if init == "k-means++" else x[np.sort(rng.choice(len(x), k, replace=False))]
+    else:
+        c = _numpy(init).astype(x.dtype)  # a copy: the caller's array is left alone
+        if c.shape != (k, x.shape[1]):
+            raise ClusteringError(f"k-means init of shape {c.shape}, expected {(k, x.shape[1])}")
+    a, repairs, empty, done = None, 0, 0, 0
     for _ in range(iterations):
-        a = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
-        totals = np.bincount(a, weights=w, minlength=k)
-        for j in range(k):
-            if totals[j] > 0:
-                c[j] = (w[a == j, None] * x[a == j]).sum(0) / totals[j]
-            else:
-                i = int(rng.choice(len(x), p=w / w.sum()))
-                c[j] = x[i] + _perturbation(x[i], rng, PERTURBATION)
-    a = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
-    return c, np.bincount(a, weights=w, minlength=k)
+        new = assign(x, c)
+        if a is not None and np.array_equal(new, a):  # a fixed point: c already holds its means
+            break
+        a, done = new, done + 1
+        sums, counts = cluster_sums(x, a, k)
+        mass = counts if w is None else np.bincount(a, weights=w, minlength=k)
+        if w is not None:
+            sums = np.zeros_like(sums)
+            np.add.at(sums, a, w[:, None] * x.astype(np.float64))
+        full = counts > 0
+        c[full] = (sums[full] / mass[full, None]).astype(x.dtype)
+        empty = int((~full).sum())
+        repairs += _repair(x, a, c, counts, rng, eps, w)
+    counts = np.bincount(a, minlength=k).astype(np.int64)
+    mass = counts.astype(np.float64) if w is None else np.bincount(a, weights=w, minlength=k)
+    return KMeansResult(c, a, counts, mass, repairs, empty, done)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.clustering import merge_centroids, weighted_kmeans
+from protocol.clustering import ClusteringError, kmeans, merge_centroids
 from protocol.fields import RoundField
 from protocol.layout import Layout
 from protocol.weights import NDArrays
@@ -54,6 +54,25 @@ def reinit_rows(arrays: NDArrays, heads, rows, rng: np.random.Generator) -> None
             a[rows] = 0
 
 
+def start_clusters(sums, counts, previous: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The global clusters' start: the clients' local centroids (sum / count of each cluster a client
+    filled), clustered by the one k-means (protocol/clustering.py) weighted by their counts; with
+    fewer local centroids than global clusters, each is a global centroid and the rest are filled
+    by the merge's empty-cluster rule (a donor split). (centroids, total counts)."""
+    points = np.concatenate([s[n > 0] / n[n > 0, None] for s, n in zip(sums, counts)])
+    weights = np.concatenate([n[n > 0] for n in counts]).astype(np.float64)
+    if len(points) == 0:
+        raise ClusteringError("no client reported a non-empty cluster to start the global clusters from")
+    k = len(previous)
+    if len(points) >= k:
+        result = kmeans(points, k, seed=seed, weights=weights)
+        return result.centroids, result.mass
+    padded_sums, padded_counts = np.zeros((k, points.shape[1])), np.zeros(k, np.int64)
+    padded_sums[:len(points)], padded_counts[:len(points)] = points * weights[:, None], weights
+    result = merge_centroids([padded_sums], [padded_counts], previous, seed=seed)
+    return result.centroids, result.counts
+
+
 def merge_clusters(layout: Layout, aggregated: NDArrays, updates, seed: int, server_round: int,
                    previous: NDArrays, record: dict) -> NDArrays:
     """`aggregated` with every sum-merged pair recomputed from the updates' sums and counts, and
@@ -71,9 +90,7 @@ def merge_clusters(layout: Layout, aggregated: NDArrays, updates, seed: int, ser
         record["global_clusters_filled"] = int((filled > 0).sum())
         record["global_largest_share"] = float(filled.max() / max(filled.sum(), 1))
         if not any(u[3].get("global_clusters_started", 1.0) for u in updates):
-            local = [s[n > 0] / n[n > 0, None] for s, n in zip(sums, ns)]
-            c, total = weighted_kmeans(np.concatenate(local), np.concatenate([n[n > 0] for n in ns]),
-                                       k, seed=round_seed)
+            c, total = start_clusters(sums, ns, previous[centroids], round_seed)
             changed = range(k)  # a new numbering: every row's class changed
         else:
             result = merge_centroids(sums, ns, previous[centroids], seed=round_seed)

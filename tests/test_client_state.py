@@ -8,7 +8,7 @@ from flwr.app import Context, RecordDict
 
 from app.federation import build_client, build_layout, make_client_fn
 from app.simulation import preflight
-from clients.task_client import STATE_WEIGHTS
+from clients.state_store import WEIGHTS as STATE_WEIGHTS
 from tasks.common.local import LayoutMismatch
 
 

@@ -11,17 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.common.clustering import (
-    ClusteringError,
-    assign,
-    balanced_sample_weights,
-    balanced_sampler_indices,
-    cluster_sums,
-    kmeans,
-    merge_centroids,
-    nmi,
-    sela_labels,
-)
+from protocol.clustering import ClusteringError, assign, cluster_sums, kmeans, merge_centroids
+from tasks.common.clustering import balanced_sample_weights, nmi
+from tasks.common.sinkhorn import sela_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +122,7 @@ def test_merge_repairs_a_cluster_nobody_filled():
 
 
 def test_server_side_needs_no_torch():
-    code = "import sys, tasks.common.clustering; print('torch' in sys.modules)"
+    code = "import sys, protocol.clustering, tasks.common.clustering; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -148,15 +140,6 @@ def test_balanced_weights_by_hand():
     np.testing.assert_allclose(w, [2 / 3, 2 / 3, 2 / 3, 2.0])
     assert w.mean() == pytest.approx(1.0)
     assert w[:3].sum() == pytest.approx(w[3:].sum())  # each cluster weighs the same
-
-
-def test_balanced_sampler_is_uniform_over_clusters():
-    a = np.array([0] * 90 + [1] * 10)
-    idx = balanced_sampler_indices(a, 100, seed=0)
-    assert len(idx) == 100
-    from_small = (a[idx] == 1).sum()
-    assert 45 <= from_small <= 51  # 51 drawn per cluster, 102 shuffled, cut to 100
-    np.testing.assert_array_equal(idx, balanced_sampler_indices(a, 100, seed=0))
 
 
 def test_sinkhorn_marginals_are_equal_partition():
@@ -177,7 +160,7 @@ def test_sela_labels_are_equal_sized_even_when_predictions_collapse():
     assert np.bincount(res.labels, minlength=4).tolist() == [30, 30, 30, 30]
     assert nmi(res.labels, truth) == pytest.approx(1.0)
     # every sample prefers cluster 0 (a collapsed head) with huge logits: still balanced, no NaN
-    # (losses.sinkhorn's unstabilised exp would overflow here)
+    # (an unstabilised exp(lambda x log p) would overflow here: the solver works in the log domain)
     collapsed = np.zeros((120, 4)) + rng.normal(scale=1.0, size=(120, 4))
     collapsed[:, 0] += 100.0
     res = sela_labels(collapsed, sk_lambda=25.0, iterations=1000, tol=1e-4)
@@ -238,12 +221,26 @@ def test_bad_input_names_the_problem():
 
 
 def test_global_clusters_start_from_the_clients_local_centroids_weighted_by_counts():
-    from protocol.clustering import weighted_kmeans
+    from strategies.cluster_merge import start_clusters
 
     # two clients' local centroids around (0, 0) and (10, 10); the counts pull each global centroid
-    points = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 10.0], [10.0, 12.0], [50.0, 50.0]])
-    counts = np.array([3, 1, 1, 1, 0])  # a cluster nobody filled is not a point
-    c, total = weighted_kmeans(points, counts, k=2, seed=0)
+    # (a client uploads sum and count per cluster; a cluster it left empty is not a point)
+    sums_a, counts_a = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 0.0]]), np.array([3, 3, 0])  # (0, 0) x3, (1, 0) x3
+    sums_b, counts_b = np.array([[10.0, 10.0], [20.0, 24.0], [0.0, 0.0]]), np.array([1, 2, 0])  # (10, 10), (10, 12) x2
+    previous = np.zeros((2, 2))
+    c, total = start_clusters([sums_a[:2], sums_b[:2]], [counts_a[:2], counts_b[:2]], previous, seed=0)
     order = np.argsort(c[:, 0])
-    assert np.allclose(c[order], [[0.25, 0.0], [10.0, 11.0]]) and total[order].tolist() == [4.0, 2.0]
-    assert np.array_equal(weighted_kmeans(points, counts, k=2, seed=0)[0], c)  # seeded
+    assert np.allclose(c[order], [[0.5, 0.0], [10.0, 34 / 3]]) and total[order].tolist() == [6.0, 3.0]
+    assert np.array_equal(start_clusters([sums_a[:2], sums_b[:2]], [counts_a[:2], counts_b[:2]], previous, 0)[0], c)
+    # fewer local centroids (4) than global clusters (6): each is a centroid, the rest split from donors
+    c, total = start_clusters([sums_a, sums_b], [counts_a, counts_b], np.zeros((6, 2)), seed=0)
+    assert total.tolist() == [3, 3, 1, 2, 0, 0]
+    assert len({tuple(np.round(row, 6)) for row in c}) == 6  # the two empty ones took perturbed donors' places
+    from protocol.clustering import kmeans
+
+    weighted = kmeans(np.array([[0.0], [1.0], [10.0], [11.0]]), 2, seed=0, weights=[3, 1, 1, 1])
+    order = np.argsort(weighted.centroids[:, 0])
+    assert np.allclose(weighted.centroids[order, 0], [0.25, 10.5]) and weighted.mass[order].tolist() == [4.0, 2.0]
+    assert weighted.counts[order].tolist() == [2, 2]
+    with pytest.raises(ClusteringError, match="positive finite"):
+        kmeans(np.zeros((4, 1)), 2, weights=[1, 0, 1, 1])

@@ -14,8 +14,8 @@ import torch
 
 from app.federation import prepare
 from protocol.checks import ConfigError
-from tasks.common.clustering import assign as assign_nearest
-from tasks.common.clustering import kmeans as real_kmeans
+from protocol.clustering import assign as assign_nearest
+from protocol.clustering import kmeans as real_kmeans
 from tasks.ssl.methods import build_method
 from tasks.ssl.model import build_federated_method, ssl_layout
 from strategies import FedSSL

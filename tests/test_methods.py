@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.common.losses import negative_cosine, sinkhorn
+from tasks.common.losses import negative_cosine
+from tasks.common.sinkhorn import sinkhorn
 from tasks.common.precision import Compute
 from tasks.ssl.methods import build_method
 from tasks.ssl.methods.moco import MoCo, moco_infonce

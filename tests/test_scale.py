@@ -11,7 +11,7 @@ from flwr.common import parameters_to_ndarrays
 
 from app.federation import build_client, build_layout, plan_cores
 from app.progress import Progress, clock, enabled
-from clients.task_client import STATE_INFO
+from clients.state_store import INFO as STATE_INFO
 from protocol.layout import Layout
 from protocol.transfer import bf16_bits, decode, encode, from_bf16_bits
 from strategies import FedSSL

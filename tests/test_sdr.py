@@ -14,7 +14,7 @@ from flwr.server.client_manager import SimpleClientManager
 from protocol.hooks import ServerHooks
 from protocol.layout import Layout
 from strategies import FedSDR
-from tasks.common.losses import sinkhorn
+from tasks.common.sinkhorn import sinkhorn
 from tasks.common.precision import Compute
 from tasks.sdr.model import SDRSimSiam
 from tasks.sdr.net import SDRNet, all_paths, export_path, load_backbone, save_backbone

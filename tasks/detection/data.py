@@ -22,8 +22,6 @@ from tasks.common.data import DataError, load_dataset
 from tasks.detection.annotations import VOC_CLASSES, Sample, read_coco, read_voc
 from tasks.detection.synthetic import make_site, site_profile
 
-SPLITS = ("train", "test")
-
 
 @dataclass
 class DetectionSet:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 JUNK_ID = 0
-DISTRACTOR_ID = -1
 UNKNOWN_CAMERA = -1
 
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from tasks.common.augment import byol_view, to_float
-from tasks.common.losses import negative_cosine, sinkhorn
+from tasks.common.losses import negative_cosine
+from tasks.common.sinkhorn import sinkhorn
 from tasks.common.precision import Compute
 from tasks.common.training import sgd_step
 from tasks.sdr.model import SDRSimSiam

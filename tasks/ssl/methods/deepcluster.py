@@ -4,7 +4,7 @@ own features, then cross-entropy of a k-way head on augmented views (tasks/ssl/m
 Labels: the backbone features of all the client's images (eval mode, L2-normalised; the reference
 code also PCA-whitens to 256 dimensions, left out here: the CPU-scale backbones have 64-512
 features) clustered with seeded k-means into `num_clusters` clusters; an empty cluster takes a
-random non-empty centroid plus a small perturbation and splits its points (tasks/common/clustering.py).
+random non-empty centroid plus a small perturbation and splits its points (protocol/clustering.py).
 At every re-clustering the head is re-initialised (its classes changed meaning), and each
 sample's loss is weighted inversely to its cluster's size (mean weight 1), so that big clusters
 do not dominate. Federated form `local`: the backbone is averaged; head and clusters stay on the
@@ -46,7 +46,9 @@ from torch import nn
 
 from protocol.checks import Choice, ConfigError, Float, Int
 from protocol.fields import ClientField
-from tasks.common.clustering import assign, balanced_sample_weights, cluster_sums, kmeans, sela_labels
+from protocol.clustering import assign, cluster_sums, kmeans
+from tasks.common.clustering import balanced_sample_weights
+from tasks.common.sinkhorn import sela_labels
 from tasks.ssl.methods.pseudo_labels import PseudoLabelMethod
 
 

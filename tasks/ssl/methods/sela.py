@@ -6,7 +6,7 @@ Labels: for each of `num_heads` heads, the predictions P = softmax(head(features
 client's images (no augmentation, eval mode) give the transport plan Q = diag(α) P^λ diag(β) whose
 rows sum to 1/N and columns to 1/K (each of K clusters gets N/K images), found by Sinkhorn-Knopp
 (`sk_lambda` λ, at most `sk_iterations` rounds of row/column normalisation; log domain:
-tasks/common/clustering.sela_labels); an image's label is its row's argmax. Training: the mean over
+tasks/common/sinkhorn.sela_labels); an image's label is its row's argmax. Training: the mean over
 heads of each head's cross-entropy on its labels. Unlike DeepCluster's, the heads are not
 re-initialised: their predictions are what the next labels follow. Head 0's labels are the
 client's `assignments` (NMI). Federated form `local`: backbone averaged, heads stay on the client.
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protocol.checks import Choice, Float, Int
-from tasks.common.clustering import sela_labels
+from tasks.common.sinkhorn import sela_labels
 from tasks.ssl.methods.pseudo_labels import PseudoLabelMethod
 
 

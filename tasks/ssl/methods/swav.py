@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protocol.checks import Float, Int
-from tasks.common.losses import sinkhorn
+from tasks.common.sinkhorn import sinkhorn
 from tasks.common.models import mlp_encoder
 from tasks.ssl.methods.base import TEMPERATURE, SSLMethod, SyncPlan, one_encoder
 
