@@ -106,3 +106,22 @@ def test_a_client_does_not_reset_the_global_head_once_the_global_clusters_have_s
         method.head.weight.fill_(0.25)
     method.start_epoch(0, _images(12), torch.Generator().manual_seed(0))
     assert torch.all(method.head.weight == 0.25)  # the server's head is the federation's
+
+
+def test_global_deepcluster_at_smoke_size_keeps_a_quarter_of_its_clusters_filled_in_round_3(tmp_path, data_dir,
+                                                                                             cache_dir):
+    """The regression guard for the collapse (benchmarks/deepcluster_collapse.py): with the merge's
+    fixes and the trained backbone's sums, every client's images still fill at least a quarter of
+    the 32 clusters in round 3 (a collapse leaves 1-2), and the round records the global count."""
+    import json
+
+    from tests.conftest import smoke_run
+
+    run = smoke_run(tmp_path / "dc", data_dir, cache_dir, "strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global",
+                    "dataset=cifar10", "partition=classes", "num_clients=5", "num_rounds=3", "eval_every=0",
+                    "eval.linear=false", "seed=0", "wandb.mode=disabled", "progress=false")
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    third = rounds[2]
+    assert min(c["clusters_filled"] for c in third["clients"].values()) >= 32 // 4, third["clients"]
+    assert third["global_clusters_filled"] >= 32 // 8 and 0 < third["global_largest_share"] < 1, third
+    assert [r["global_clusters_filled"] for r in rounds][0] > 16  # round 1: the start from the local clusters
