@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
-from benchmarks.compare import default_runs, run_resumable  # noqa: E402
+from benchmarks.compare import completed, default_runs, run_resumable  # noqa: E402
 from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
 
 COMMON = ["strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global", "ssl.assign=nearest", "dataset=cifar10",
@@ -69,11 +69,18 @@ def launch_before(argv: list[str]) -> None:
     runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
 
 
-def run(variant: str, preset: str, seed: int, args) -> dict:
+def run(variant: str, preset: str, seed: int, args) -> dict | None:
+    """One cell: its run made or resumed (with --report-only: read when completed, else None)."""
     label, rule, overrides = VARIANTS[variant]
     program = ("main.py",) if rule == "fixed" else (str(Path(__file__).resolve()), "--launch", "before")
-    s = run_resumable(args.runs / preset / variant / f"seed{seed}",
-                      [*COMMON, *PRESETS[preset], *overrides, f"data_dir={args.data_dir}", f"seed={seed}"], program)
+    out = args.runs / preset / variant / f"seed{seed}"
+    if args.report_only:
+        s = completed(out / "summary.json")
+        if s is None:
+            return None
+    else:
+        s = run_resumable(out, [*COMMON, *PRESETS[preset], *overrides, f"data_dir={args.data_dir}", f"seed={seed}"],
+                          program)
     rounds = [r for r in s["rounds"] if "global_clusters_filled" in r]
     if rule == "before" and any(r.get("merge_rule") != "before" for r in rounds[1:]):
         raise SystemExit(f"{variant}/{preset}/seed{seed}: the merge before the fixes did not run on the server")
@@ -98,12 +105,14 @@ def table(cells: list[dict]) -> str:
             per = [f"{f} / {s:.2f} / {m}" for f, s, m in zip(c["filled"], c["largest"], c["client_min"])]
             knn = "-" if c["knn"] is None else f"{100 * c['knn']:.1f}"
             lines.append(f"| {VARIANTS[c['variant']][0]} | {c['seed']} | " + " | ".join(per) + f" | {knn} |")
-        lines += ["", "| variant | round-3 global clusters filled (mean ± std) | final kNN (%) |", "|---|---|---|"]
+        lines += ["", "| variant | round 3: fewest clusters any client's images filled | round 3: global clusters "
+                  "filled | final kNN (%) | seeds |", "|---|---|---|---|---|"]
         for v in dict.fromkeys(c["variant"] for c in mine):
             vs = [c for c in mine if c["variant"] == v]
-            third = [c["filled"][2] for c in vs if len(c["filled"]) > 2]
-            lines.append(f"| {VARIANTS[v][0]} | {fmt(*mean_std(third), scale=1, digits=1)} | "
-                         f"{fmt(*mean_std([c['knn'] for c in vs]), digits=1)} |")
+            third = [c for c in vs if len(c["filled"]) > 2]
+            lines.append(f"| {VARIANTS[v][0]} | {fmt(*mean_std([c['client_min'][2] for c in third]), scale=1, digits=1)} | "
+                         f"{fmt(*mean_std([c['filled'][2] for c in third]), scale=1, digits=1)} | "
+                         f"{fmt(*mean_std([c['knn'] for c in vs]), digits=1)} | {', '.join(str(c['seed']) for c in vs)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -136,9 +145,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/deepcluster_collapse")
+    p.add_argument("--report-only", action="store_true", help="the table of the cells completed so far; runs nothing")
     args = p.parse_args(argv)
     args.runs = default_runs(args.out)
     cells = [run(v, preset, seed, args) for preset in args.presets for seed in args.seeds for v in args.variants]
+    cells = [c for c in cells if c is not None]
     text = table(cells)
     at = commit()
     command = "python benchmarks/deepcluster_collapse.py " + " ".join(argv)
