@@ -26,7 +26,6 @@ Writes <out>/table.md, table.json, clusters_rounds.png; the runs go under output
 from __future__ import annotations
 
 import argparse
-import json
 import runpy
 import sys
 from dataclasses import replace
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.compare import completed, default_runs, run_resumable  # noqa: E402
-from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
+from benchmarks.tables import fmt, mean_std, write_cells  # noqa: E402
 
 COMMON = ["strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global", "ssl.assign=nearest", "dataset=cifar10",
           "partition=classes", "num_clients=5", "wandb.mode=disabled", "progress=false"]
@@ -150,14 +149,7 @@ def main(argv=None) -> list[dict]:
     args.runs = default_runs(args.out)
     cells = [run(v, preset, seed, args) for preset in args.presets for seed in args.seeds for v in args.variants]
     cells = [c for c in cells if c is not None]
-    text = table(cells)
-    at = commit()
-    command = "python benchmarks/deepcluster_collapse.py " + " ".join(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(f"{text}\n`{command}` (commit {at}).\n")
-    (args.out / "table.json").write_text(json.dumps({"command": command, "commit": at, "cells": cells}, indent=2))
-    plot(cells, args.out / "clusters_rounds.png")
-    print(text)
+    write_cells(args.out, "deepcluster_collapse.py", argv, table(cells), cells, plot, "clusters_rounds.png")
     return cells
 
 

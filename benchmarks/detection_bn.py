@@ -36,7 +36,7 @@ from app.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.compare import default_runs  # noqa: E402
 from benchmarks.detection_strategies import STRATEGIES, run  # noqa: E402
 from benchmarks.detection_transfer import site_mean  # noqa: E402
-from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
+from benchmarks.tables import fmt, mean_std, write_cells  # noqa: E402
 from tasks.common.checkpoint import load_checkpoint  # noqa: E402
 from tasks.common.training import resolve_device  # noqa: E402
 from tasks.detection.data import client_train, num_sites  # noqa: E402
@@ -189,16 +189,10 @@ def main(argv=None) -> list[dict]:
                 print(f"note: seed {c['seed']} site {s['site']}: mAP@0.5 {s['aggregated']['map_50']:.4f} here, "
                       f"{s['run_map_50']:.4f} in the run's summary", flush=True)
     text = table(cells)
-    at = commit()
-    command = "python benchmarks/detection_bn.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(
-        f"{text}\n`{command}` (commit {at}); mean ± std over seeds. The runs: {STRATEGIES[STRATEGY][0]} of "
-        f"benchmarks/detection_strategies.py, final checkpoint (round {cells[0]['round']}); re-estimated on each "
-        f"site's own training images, scored on its test images.\n")
-    (args.out / "table.json").write_text(json.dumps({"command": command, "commit": at, "cells": cells}, indent=2))
-    plot(cells, args.out / "bn_sites.png")
-    print(text)
+    write_cells(args.out, "detection_bn.py", argv if argv is not None else sys.argv[1:], text, cells, plot,
+                "bn_sites.png", f"; mean ± std over seeds. The runs: {STRATEGIES[STRATEGY][0]} of "
+                f"benchmarks/detection_strategies.py, final checkpoint (round {cells[0]['round']}); re-estimated on "
+                f"each site's own training images, scored on its test images")
     return cells
 
 

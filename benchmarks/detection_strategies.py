@@ -16,7 +16,6 @@ outputs/benchmarks/detection_strategies, not committed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from statistics import mean
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from app.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.compare import default_runs, run_resumable  # noqa: E402
 from benchmarks.detection_transfer import UNITS, site_mean  # noqa: E402
-from benchmarks.tables import commit, fmt, mean_std  # noqa: E402
+from benchmarks.tables import fmt, mean_std, write_cells  # noqa: E402
 
 STRATEGIES = {
     "fedavg": ("FedAvg (FedVision)", ["strategy=fedavg"]),
@@ -92,13 +91,8 @@ def main(argv=None) -> list[dict]:
     args.runs = args.runs or default_runs(args.out)
     cells = [run(name, seed, args) for seed in args.seeds for name in args.strategies]
     text = table(cells)
-    at = commit()
-    command = "python benchmarks/detection_strategies.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(f"{text}\n`{command}` (commit {at}); mean ± std over seeds.\n")
-    (args.out / "table.json").write_text(json.dumps({"command": command, "commit": at, "cells": cells}, indent=2))
-    plot(cells, args.out / "map_rounds.png")
-    print(text)
+    write_cells(args.out, "detection_strategies.py", argv if argv is not None else sys.argv[1:], text, cells, plot,
+                "map_rounds.png", "; mean ± std over seeds")
     return cells
 
 

@@ -37,6 +37,18 @@ def commit() -> str:
     return sha + (" + local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def write_cells(out: Path, script: str, argv: list[str], text: str, cells: list[dict], plot_fn, png: str,
+                note: str = "") -> None:
+    """Print the table; write <out>/table.md (the table, then the command that made it, its commit and
+    `note`), table.json (command, commit, per-seed cells) and the plot."""
+    at, command = commit(), f"python benchmarks/{script} " + " ".join(argv)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(f"{text}\n`{command}` (commit {at}){note}.\n")
+    (out / "table.json").write_text(json.dumps({"command": command, "commit": at, "cells": cells}, indent=2))
+    plot_fn(cells, out / png)
+    print(text)
+
+
 def write_results(args, rows: list[dict], table: str, plot_fn, png: str, cells: list[dict] | None = None) -> None:
     """Print the table; write table.md, table.json (settings, rows, per-seed cells) and the plot into args.out."""
     print(table)
