@@ -14,16 +14,16 @@ import numpy as np
 import torch
 
 from app.progress import round_estimate
-from app.registry import task_of
 from protocol.instructions import Instructions
 from tasks.common.federated_data import partitions
 from tasks.common.local import LocalRound
+from tasks.common.task_row import Task
 from tasks.common.training import use_threads
 
 log = logging.getLogger("fedssl")
 
 
-def first_round_estimate(cfg: dict, layout, initial: list, parallel: int, threads: int) -> float | None:
+def first_round_estimate(cfg: dict, task: Task, layout, initial: list, parallel: int, threads: int) -> float | None:
     """Seconds the first round's training should take, from three measured batches."""
     try:
         sizes = np.array([len(p) for p in partitions(cfg)], dtype=float)  # examples_per_client applied
@@ -32,7 +32,7 @@ def first_round_estimate(cfg: dict, layout, initial: list, parallel: int, thread
         before = torch.get_num_threads()
         use_threads(threads)
         try:
-            out = task_of(cfg).local_round(LocalRound(small, 0, ins, list(initial), None))
+            out = task.local_round(LocalRound(small, 0, ins, list(initial), None))
         finally:
             torch.set_num_threads(before)
         rate = float(out.metrics["images_per_second"])

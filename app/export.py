@@ -25,7 +25,8 @@ from pathlib import Path
 from app.config import override_value
 from app.environment import check_machine
 from app.offline import INIT, evaluation_setup
-from app.registry import TASKS, Task, task_of
+from app.registry import TASKS, task_of
+from tasks.common.task_row import Task
 from tasks.common.checkpoint import CheckpointError, load_checkpoint
 from tasks.common.export import (ExportError, Learned, check_torchvision, require_export_extra, tensors,
                                  torchvision_name, torchvision_state, versions, write_onnx, write_safetensors)

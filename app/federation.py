@@ -36,6 +36,7 @@ from strategies.trust import ExampleLimits
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
 from tasks.common.federated_data import partitions
 from tasks.common.precision import compute_for
+from tasks.common.task_row import Task
 from tasks.common.training import resolve_device
 
 
@@ -87,9 +88,10 @@ def compute_line(c: dict) -> str:
             f"{c['parallel_clients']} client(s) in parallel x {c['threads_per_client']} thread(s)")
 
 
-def build_layout(cfg: dict) -> tuple[Layout, list]:
-    """The upload layout and the initial global arrays, from the same code the clients run."""
-    task = task_of(cfg)
+def build_layout(cfg: dict, task: Task | None = None) -> tuple[Layout, list]:
+    """The upload layout and the initial global arrays, from the same code the clients run (`task`:
+    the run's row, when the caller has it)."""
+    task = task or task_of(cfg)
     return task.layout(cfg, task.layout_options(cfg))
 
 
@@ -122,17 +124,19 @@ def strategy_class(cfg: dict):
                           f"({err.__cause__ or err})") from err
 
 
-def summary_schema(cfg: dict, make_strategy=None) -> SummarySchema:
+def summary_schema(cfg: dict, task: Task | None = None, make_strategy=None) -> SummarySchema:
     """What the run's summary.json holds (the task's metrics, the strategy's and the task's own fields)."""
-    cls, task = (make_strategy or strategy_class(cfg)).func, task_of(cfg)
+    cls, task = (make_strategy or strategy_class(cfg)).func, task or task_of(cfg)
     return SummarySchema(task.metrics, (*cls.CLIENT_FIELDS, *task.client_fields(cfg)), cls.ROUND_FIELDS)
 
 
 @dataclass
 class Federation:
-    """A run ready to start: its config, strategy and report (nothing written yet)."""
+    """A run ready to start: its config, task (the registry's row, resolved once), strategy and report
+    (nothing written yet)."""
 
     cfg: dict
+    task: Task
     strategy: object
     report: RunReport
     resume_state: dict | None = None
@@ -180,7 +184,7 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         initial = resume_state["arrays"]
     make_strategy = strategy_class(cfg)
     out_dir = Path(out_dir or cfg.get("output_dir") or "outputs")
-    schema = summary_schema(cfg, make_strategy)
+    schema = summary_schema(cfg, task, make_strategy)
     report = RunReport(cfg, out_dir, schema, task.name, resume_state)
 
     def checkpoint(models, server_round):
@@ -206,7 +210,7 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state,
         transfer_dtype=str(cfg.get("transfer_dtype", "float32")), example_limits=example_limits(cfg, task, deployed),
         client_timeout=float((cfg.get("trust") or {}).get("client_timeout", 600.0)))
-    return Federation(cfg, strategy, report, resume_state, deployed)
+    return Federation(cfg, task, strategy, report, resume_state, deployed)
 
 
 def server_config(cfg: dict, resume_state: dict | None = None, deployed: bool = False) -> ServerConfig:
@@ -221,22 +225,25 @@ def build_server_app(federation: Federation) -> ServerApp:
     return ServerApp(server_fn=federation.server_components)
 
 
-def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None) -> TaskClient:
-    """The client of partition `partition_id`, running the local round of the run's task."""
-    task = task_of(cfg)
+def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None,
+                 task: Task | None = None) -> TaskClient:
+    """The client of partition `partition_id`, running the local round of the run's task (`task`: its
+    row, when the caller has it)."""
+    task = task or task_of(cfg)
     return TaskClient(task.local_round, cfg, partition_id, state, threads=threads, state_dir=state_dir,
                       local_evaluate=task.local_evaluate)
 
 
-def make_client_fn(cfg: dict):
+def make_client_fn(cfg: dict, task: Task | None = None):
     """client_fn for Flower: one client for the partition named in the node config."""
-    threads = int(client_resources(cfg)["num_cpus"])
+    threads, task = int(client_resources(cfg)["num_cpus"]), task or task_of(cfg)
 
     def client_fn(context):
-        return build_client(cfg, int(context.node_config["partition-id"]), context.state, threads).to_client()
+        return build_client(cfg, int(context.node_config["partition-id"]), context.state, threads,
+                            task=task).to_client()
 
     return client_fn
 
 
-def build_client_app(cfg: dict) -> ClientApp:
-    return ClientApp(client_fn=make_client_fn(cfg))
+def build_client_app(cfg: dict, task: Task | None = None) -> ClientApp:
+    return ClientApp(client_fn=make_client_fn(cfg, task))

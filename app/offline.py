@@ -21,7 +21,8 @@ from app.config import (ConfigError, centralise, compose, group_nodes, key_of, o
 from app.environment import writable_folder
 from app.federation import build_layout
 from app.outputs import RunFolderTaken
-from app.registry import TASKS, Task, task_of
+from app.registry import TASKS, task_of
+from tasks.common.task_row import Task
 from app.summary import SummarySchema
 from protocol.layout import Layout
 from tasks.common.atomic import write_json_atomic

@@ -20,6 +20,7 @@ import torch
 
 from app.config import key_of, override_value, recompose, saved_command_line
 from app.outputs import refuse_taken
+from app.registry import current_target
 from tasks.common.checkpoint import CheckpointError, UntrustedFileError, load_file, plain, save_atomic, unplain
 
 NOT_RECORDED = ("resume", "output_dir")  # where a run is written is not part of what it computes
@@ -108,6 +109,8 @@ def resumed_config(saved: dict, new_overrides: list[str]) -> dict:
     extra = [o for o in new_overrides if key_of(o) not in NOT_RECORDED]
     cfg = recompose(saved_command_line(saved["config"]), extra)
     before, after = _flatten(saved["config"]), _flatten(cfg)
+    if "strategy._target_" in before:  # a class renamed since the run was saved
+        before["strategy._target_"] = current_target(before["strategy._target_"])
     changed = sorted(k for k in set(before) | set(after)
                      if not _runtime(k) and before.get(k, "<absent>") != after.get(k, "<absent>"))
     if changed:

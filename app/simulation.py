@@ -54,7 +54,7 @@ def live_progress(cfg: dict, federation: Federation, compute: dict) -> Progress:
     progress = for_run(cfg, compute["parallel_clients"], done_rounds=done)
     if progress.show:  # the layout and weights prepare() built, not a second model
         strategy = federation.strategy
-        estimate = first_round_estimate(cfg, strategy.layout, parameters_to_ndarrays(strategy.initial_parameters),
+        estimate = first_round_estimate(cfg, federation.task, strategy.layout, parameters_to_ndarrays(strategy.initial_parameters),
                                         compute["parallel_clients"], compute["threads_per_client"])
         progress.first_round_estimate = estimate
         if estimate is not None:
@@ -93,7 +93,7 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
         with libraries_to_log(report.log_file), signals_stop_run():  # Flower's and Ray's lines: main.log only
             run_simulation(
                 server_app=build_server_app(federation),
-                client_app=build_client_app(cfg),
+                client_app=build_client_app(cfg, federation.task),
                 num_supernodes=cfg["num_clients"],
                 backend_config={"client_resources": resources, "init_args": init_args},
             )

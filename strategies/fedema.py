@@ -15,10 +15,10 @@ from protocol.checks import Float
 from protocol.fields import ClientField
 from protocol.instructions import Instructions
 from protocol.weights import NDArrays
-from strategies.base import FedSSL
+from strategies.base import FederatedAveraging
 
 
-class FedEMA(FedSSL):
+class FedEMA(FederatedAveraging):
     CLIENT_FIELDS = (ClientField("divergence", "divergence", fmt=".3f"), ClientField("mu", "EMA mu", fmt=".2f"))
 
     def __init__(self, *, ema_tau: float = 0.7, ema_lambda: float | None = None, **kwargs):

@@ -21,13 +21,13 @@ from protocol.checks import Bool, ConfigError, Int
 from protocol.fields import ClientField, RoundField
 from protocol.instructions import Instructions
 from protocol.weights import NDArrays
-from strategies.base import FedSSL
+from strategies.base import FederatedAveraging
 
 
-class FedPav(FedSSL):
+class FedPav(FederatedAveraging):
     CLIENT_FIELDS = (ClientField("weight", "weights", fmt=".2f"),)
     aggregates_by = "reweighted_mean"  # cosine-distance weights (cdw) and distillation (kd) after the mean
-    ROUND_FIELDS = (*FedSSL.ROUND_FIELDS, RoundField("kd_loss", "KD loss", fmt=".4f"))
+    ROUND_FIELDS = (*FederatedAveraging.ROUND_FIELDS, RoundField("kd_loss", "KD loss", fmt=".4f"))
 
     def __init__(self, *, cdw: bool = False, kd: bool = False, kd_every: int = 10, **kwargs):
         self.latest: dict[int, NDArrays] = {}  # every client's latest upload: the KD teachers

@@ -21,10 +21,10 @@ from protocol.checks import Choice, ConfigError, Float
 from protocol.fields import ClientField
 from protocol.instructions import Instructions
 from protocol.weights import MU_RELATIVE_DEFAULT, NDArrays, dapu_adopts_global, layer_divergences
-from strategies.base import FedSSL
+from strategies.base import FederatedAveraging
 
 
-class FedU(FedSSL):
+class FedU(FederatedAveraging):
     CLIENT_FIELDS = (
         ClientField("predictor_next", "next predictor global/local", style="tally", values=("global", "local")),
         ClientField("predictor_used", "predictor used", style="tally", values=("global", "local"), console=False),

@@ -14,10 +14,10 @@ import numpy as np
 
 from protocol.checks import ConfigError
 from protocol.weights import NDArrays
-from strategies.base import FedSSL
+from strategies.base import FederatedAveraging
 
 
-class FedSDR(FedSSL):
+class FedSDR(FederatedAveraging):
     aggregates_by = "group_mean"  # an individual group over the clients that routed samples through it
 
     def __init__(self, **kwargs):

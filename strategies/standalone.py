@@ -14,10 +14,10 @@ import numpy as np
 from protocol.checks import ConfigError
 from protocol.instructions import Instructions
 from protocol.weights import NDArrays
-from strategies.base import FedSSL
+from strategies.base import FederatedAveraging
 
 
-class Standalone(FedSSL):
+class Standalone(FederatedAveraging):
     aggregates_by = "none"  # every client's upload is kept as its own model
 
     def __init__(self, **kwargs):
@@ -42,11 +42,11 @@ class Standalone(FedSSL):
         self.latest = {int(pid): [np.asarray(a) for a in arrays] for pid, arrays in state["latest"].items()}
 
     def instructions(self, server_round: int, pid: int) -> Instructions:
-        return dataclasses.replace(super().instructions(server_round, pid), replace=pid not in self.participated,
+        return dataclasses.replace(super().instructions(server_round, pid), replace=pid not in self.intake.participated,
                                    keep_everything=True)
 
     def sends_weights_to(self, pid: int) -> bool:
-        return pid not in self.participated
+        return pid not in self.intake.participated
 
     def aggregate_updates(self, server_round: int, updates) -> NDArrays:
         for pid, arrays, _, _ in updates:

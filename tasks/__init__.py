@@ -9,6 +9,7 @@
     detection/ federated object detection, FedVision (FCOS over the project's backbone, VOC/COCO/synthetic
                sites, COCO mAP)
 
-Each task package offers what its row in app/registry.py names: the upload layout and initial
-weights, the client's local round, the evaluator, what it refuses before training, its config types.
+Each task package exports its row (row.py, a common/task_row.Task; app/registry.py lists them):
+the upload layout and initial weights, the client's local round, the evaluator, what it refuses
+before training, its config types.
 """

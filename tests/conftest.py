@@ -99,3 +99,34 @@ def spy(monkeypatch):
 
     monkeypatch.setattr(ssl_local, "train_one_round", wrapped)
     return seen
+
+
+def one_line_error(argv: list[str]) -> str:
+    """`python main.py argv` in this process: the message main.py exits with (one line, `error: ...`)."""
+    import main
+
+    with pytest.raises(SystemExit) as done:
+        main.main(list(argv))
+    message = str(done.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def refused_by_main_py(*argv: str) -> str:
+    """`python main.py argv` as a user runs it: exit code 1, stderr one `error:` line, no traceback."""
+    done = main_py(*argv, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    assert done.stderr.startswith("error: ")
+    return done.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def ssl_checkpoint(tmp_path_factory) -> Path:
+    return initial_checkpoint(tmp_path_factory.mktemp("ssl") / "checkpoint_final.pt", "strategy=fedu", "dataset=cifar10")
+
+
+@pytest.fixture(scope="module")
+def detection_checkpoint(tmp_path_factory) -> Path:
+    return initial_checkpoint(tmp_path_factory.mktemp("detection") / "checkpoint_final.pt", "strategy=fedavg",
+                              "dataset=synthetic_detection")

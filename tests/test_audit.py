@@ -8,11 +8,11 @@ import pytest
 from flwr.common import parameters_to_ndarrays
 
 from app.audit import UpdateAudit, check
-from strategies import FedEMA, FedSSL, FedU
+from strategies import FedEMA, FederatedAveraging, FedU
 from test_strategy import make, result, upd
 
 
-def _audited_run(tmp_path, cls=FedSSL, rounds=2):
+def _audited_run(tmp_path, cls=FederatedAveraging, rounds=2):
     strategy, cm, proxies, rec = make(cls, num_clients=3)
     strategy.hooks.audit = UpdateAudit(tmp_path)
     for rnd in range(1, rounds + 1):

@@ -18,7 +18,7 @@ from protocol.clustering import assign as assign_nearest
 from protocol.clustering import kmeans as real_kmeans
 from tasks.ssl.methods import build_method
 from tasks.ssl.model import build_federated_method, ssl_layout
-from strategies import FedSSL
+from strategies import FederatedAveraging
 from tasks.common.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 from tests.test_strategy import make, result
@@ -177,7 +177,7 @@ def _merge_layout():
 
 
 def test_the_server_merges_sums_and_counts_into_a_lloyd_step_not_a_mean():
-    strategy, cm, proxies, rec = make(FedSSL, num_clients=2, layout=_merge_layout(),
+    strategy, cm, proxies, rec = make(FederatedAveraging, num_clients=2, layout=_merge_layout(),
                                       init=[np.zeros(2, np.float32), np.eye(2, dtype=np.float32),
                                             np.ones(2, np.float32)])
     strategy.configure_fit(1, strategy.initial_parameters, cm)

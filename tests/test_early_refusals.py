@@ -15,8 +15,7 @@ import pytest
 from app.simulation import preflight
 from protocol.messages import few, grouped
 from tasks.common.checkpoint import CheckpointError
-from tests.test_environment_errors import (detection_checkpoint, one_line_error,  # noqa: F401 - fixtures
-                                           refused_by_main_py, ssl_checkpoint)
+from tests.conftest import one_line_error, refused_by_main_py
 
 
 @pytest.mark.parametrize("dataset", [["dataset=voc"], ["dataset=coco_folders", "dataset.classes=[car,person]"]])

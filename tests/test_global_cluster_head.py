@@ -11,7 +11,7 @@ from flwr.common import parameters_to_ndarrays
 
 from protocol.clustering import merge_centroids
 from protocol.layout import Layout
-from strategies import FedSSL
+from strategies import FederatedAveraging
 from strategies.cluster_merge import HEAD_STD
 from tests.test_strategy import make, result
 
@@ -28,7 +28,7 @@ def _layout():
 def _strategy(counts_started=(1.0, 1.0, 1.0, 1.0), seed=0):
     init = [np.zeros(2, np.float32), PREVIOUS.copy(), np.asarray(counts_started, np.float32),
             np.full((K, D), 0.5, np.float32), np.full(K, 0.5, np.float32)]
-    return make(FedSSL, num_clients=2, layout=_layout(), init=init, seed=seed)
+    return make(FederatedAveraging, num_clients=2, layout=_layout(), init=init, seed=seed)
 
 
 def _upload(sums, counts, head_value):

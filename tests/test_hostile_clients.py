@@ -11,7 +11,7 @@ from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameter
 from protocol.checks import ConfigError
 from protocol.hooks import RunStopped
 from protocol.robust import clipped_mean, combine, coordinate_median, trimmed_mean
-from strategies import FedSSL, FedU, Standalone
+from strategies import FederatedAveraging, FedU, Standalone
 from strategies.trust import ExampleLimits
 from tests.test_strategy import FakeProxy, make, result, upd
 
@@ -60,7 +60,7 @@ ATTACKS = {  # name -> (client 1's result builder, words the recorded reason con
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_a_bad_update_is_rejected_and_recorded_and_the_round_goes_on(attack):
     build, words = ATTACKS[attack]
-    strategy, cm, proxies, _ = make(FedSSL, example_limits=ExampleLimits(per_partition={0: 10, 1: 10, 2: 10}))
+    strategy, cm, proxies, _ = make(FederatedAveraging, example_limits=ExampleLimits(per_partition={0: 10, 1: 10, 2: 10}))
     aggregated, record = round_with(strategy, cm, proxies, build(proxies[1]))
     assert np.allclose(aggregated[0], 2.0) and np.allclose(aggregated[1], 2.0)  # the honest clients' mean
     assert [r["partition_id"] for r in record["rejected"]] == [1]
@@ -69,17 +69,17 @@ def test_a_bad_update_is_rejected_and_recorded_and_the_round_goes_on(attack):
 
 
 def test_a_float_example_count_is_refused_and_an_unknown_site_is_capped_by_the_median():
-    strategy, cm, proxies, _ = make(FedSSL)
+    strategy, cm, proxies, _ = make(FederatedAveraging)
     _, record = round_with(strategy, cm, proxies, raw(proxies[1], upd(9, 9), 1e300, {"partition_id": 1}))
     assert "num_examples must be an integer, got 1e+300" in record["rejected"][0]["reason"]
     # no known maximum: a claim of 10**12 counts as 4 x the median claim (10) = 40
-    strategy, cm, proxies, _ = make(FedSSL)
+    strategy, cm, proxies, _ = make(FederatedAveraging)
     aggregated, record = round_with(strategy, cm, proxies, raw(proxies[1], upd(9, 9), 10**12, {"partition_id": 1}))
     assert np.allclose(aggregated[0], (1 * 10 + 9 * 40 + 3 * 10) / 60) and record["capped"] == [1]
 
 
 def test_the_aggregate_is_checked_before_it_becomes_the_global_model():
-    strategy, cm, proxies, rec = make(FedSSL)
+    strategy, cm, proxies, rec = make(FederatedAveraging)
     strategy.aggregate_updates = lambda rnd, updates: [np.full((2, 2), np.inf, np.float32), np.zeros(3, np.float32)]
     with pytest.raises(RunStopped, match="the aggregate is not a valid model"):
         round_with(strategy, cm, proxies, result(proxies[1], upd(2, 2), 10))
@@ -88,7 +88,7 @@ def test_the_aggregate_is_checked_before_it_becomes_the_global_model():
 
 def test_norm_bound_bounds_the_update_not_the_weights():
     """A sign-flipped model has the same weight norm as the honest one; its change is twice as large."""
-    strategy, cm, proxies, _ = make(FedSSL, init=upd(1, 1), norm_bound=1.0)
+    strategy, cm, proxies, _ = make(FederatedAveraging, init=upd(1, 1), norm_bound=1.0)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     honest = [a + 0.1 for a in upd(1, 1)]  # change norm 0.1 * sqrt(7) = 0.26
     flipped = [-a for a in honest]  # weight norm equal to honest's, change norm ~5.5
@@ -99,7 +99,7 @@ def test_norm_bound_bounds_the_update_not_the_weights():
 
 
 def test_a_node_without_a_partition_id_or_whose_properties_fail_is_left_out():
-    strategy, cm, proxies, _ = make(FedSSL, num_clients=3)
+    strategy, cm, proxies, _ = make(FederatedAveraging, num_clients=3)
     silent = FakeProxy("node-9", None)
     silent.get_properties = lambda ins, timeout, group_id: type("R", (), {"properties": {}})()
     asked = []
@@ -119,10 +119,10 @@ def test_two_new_nodes_claiming_one_partition_are_both_left_out_until_one_alone_
     from app.registry import TASKS
     from app.summary import SummarySchema
 
-    strategy, cm, proxies, _ = make(FedSSL, num_clients=3)
+    strategy, cm, proxies, _ = make(FederatedAveraging, num_clients=3)
     cm.register(FakeProxy("node-7", 1))  # claims the partition node-99 serves, on the same first contact
     ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
-    assert sorted(strategy.pid_of[p.cid] for p, _ in ins) == [0, 2]
+    assert sorted(strategy.intake.pid_of[p.cid] for p, _ in ins) == [0, 2]
     refused = strategy.record["rejected"]
     assert [(r["node"], r["partition_id"]) for r in refused] == [("node-99", None), ("node-7", None)]
     assert "nodes node-7, node-99 all claim partition 1" in refused[0]["reason"]
@@ -133,14 +133,14 @@ def test_two_new_nodes_claiming_one_partition_are_both_left_out_until_one_alone_
     assert "REJECTED ['node node-99', 'node node-7']" in line
     cm.unregister(next(c for c in cm.all().values() if c.cid == "node-7"))  # the impostor goes
     ins = strategy.configure_fit(2, strategy.initial_parameters, cm)
-    assert sorted(strategy.pid_of[p.cid] for p, _ in ins) == [0, 1, 2] and strategy.pid_of["node-99"] == 1
+    assert sorted(strategy.intake.pid_of[p.cid] for p, _ in ins) == [0, 1, 2] and strategy.intake.pid_of["node-99"] == 1
 
 
 def test_metrics_arrive_as_flowers_config_record_and_are_still_checked():
     """Flower 1.41 hands metrics over as a ConfigRecord (a Mapping, not a dict): they are read and screened."""
     from flwr.common import ConfigRecord
 
-    strategy, cm, proxies, _ = make(FedSSL)
+    strategy, cm, proxies, _ = make(FederatedAveraging)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     answers = []
     for p, v, loss in [(proxies[0], 1, 2.0), (proxies[1], 9, 1.0), (proxies[2], 3, 4.0)]:
@@ -175,7 +175,7 @@ def test_site_evaluation_reports_are_checked():
     from tests.test_strategy import LAYOUT
     import dataclasses
 
-    strategy, cm, proxies, _ = make(FedSSL, layout=dataclasses.replace(LAYOUT, evaluated_by="clients"))
+    strategy, cm, proxies, _ = make(FederatedAveraging, layout=dataclasses.replace(LAYOUT, evaluated_by="clients"))
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     strategy.aggregate_fit(1, [result(p, upd(1, 1), 10) for p in proxies], [])
     strategy.evaluate(1, strategy.initial_parameters)
@@ -230,7 +230,7 @@ def test_every_averaging_strategy_takes_the_robust_option_and_standalone_refuses
     aggregated, record = round_with(strategy, cm, proxies, result(proxies[1], upd(100, 100), 10))
     assert np.allclose(aggregated[0], 3.0)  # the median of 1, 100, 3
     with pytest.raises(ConfigError, match="strategy.robust"):
-        make(FedSSL, robust="mean")
+        make(FederatedAveraging, robust="mean")
     with pytest.raises(ConfigError, match="strategy=standalone combines nothing"):
         make(Standalone, robust="median")
 

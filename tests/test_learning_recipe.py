@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.registry import KNN_HISTORY
+from tasks.common.task_row import KNN_HISTORY
 from protocol.checks import ConfigError
 from tasks.common.augment import BYOL_JITTER, REFERENCE_JITTER, augment_view, color_jitter
 from tasks.common.evaluate import knn_predict, knn_predict_ks, knn_scores

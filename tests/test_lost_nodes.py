@@ -17,7 +17,7 @@ from flwr.server.compat import start_grid
 from flwr.server.superlink.linkstate.utils import NODE_UNAVAILABLE_ERROR_REASON
 
 from protocol.hooks import RunStopped
-from strategies import FedSSL
+from strategies import FederatedAveraging
 from strategies.failures import NODE_LOST
 from tests.test_strategy import LAYOUT, SHAPES, Recorder, upd
 
@@ -81,7 +81,7 @@ def run(num_rounds, lose=None, resume_from=None, **kw):
     rec = Recorder()
     hooks = rec.hooks()
     hooks.save_state = lambda rnd, arrays, state: rec.records[-1].update(model=arrays)  # after the round's report
-    strategy = FedSSL(layout=LAYOUT, hooks=hooks, initial_arrays=[np.zeros(s, dtype=np.float32) for s in SHAPES],
+    strategy = FederatedAveraging(layout=LAYOUT, hooks=hooks, initial_arrays=[np.zeros(s, dtype=np.float32) for s in SHAPES],
                       num_rounds=num_rounds, num_clients=len(NODES), eval_every=0, checkpoint_every=1,
                       resume_from=resume_from, **kw)
     done = resume_from["round"] if resume_from else 0
@@ -109,7 +109,7 @@ def test_a_node_lost_as_the_resumed_run_first_asks_its_partition_is_that_rounds_
     # back (same id): asked again at round 4, still bound to its partition, and trains
     assert [k for n, k, g in grid.sent if n == 101] == ["get_properties", "get_properties", "train"]
     assert sorted(r4["clients"]) == ["0", "1", "2"] and r4["failures"] == []
-    assert strategy.identity.node_of == {0: "101", 1: "102", 2: "103"}
+    assert strategy.intake.identity.node_of == {0: "101", 1: "102", 2: "103"}
 
 
 def test_a_node_lost_while_training_in_the_first_round_after_a_resume_is_that_rounds_failure():
@@ -133,7 +133,7 @@ def test_a_node_lost_in_the_first_round_of_a_run_is_that_rounds_failure():
     assert r1["failures"] == [{"partition_id": 1, "round": 1,
                                "error": "no node bound to it (node 102 lost before saying which partition it serves)"}]
     assert r1["rejected"] == [] and sorted(r1["clients"]) == ["0", "2"]
-    assert sorted(r2["clients"]) == ["0", "1", "2"] and strategy.identity.node_of[1] == "102"
+    assert sorted(r2["clients"]) == ["0", "1", "2"] and strategy.intake.identity.node_of[1] == "102"
 
 
 def test_a_bound_node_that_cannot_say_its_partition_after_a_resume_is_its_partitions_failure():

@@ -9,7 +9,7 @@ from flwr.common import parameters_to_ndarrays
 
 from protocol.checks import ConfigError
 from protocol.privacy import dp_mean, gaussian_epsilon
-from strategies import FedPav, FedSSL, Standalone
+from strategies import FedPav, FederatedAveraging, Standalone
 from tests.test_strategy import make, result, upd
 
 
@@ -59,7 +59,7 @@ def test_privacy_spent_grows_with_rounds_and_shrinks_with_noise():
 
 def test_a_round_with_dp_is_clipped_noised_seeded_and_reports_epsilon():
     def one_round():
-        strategy, cm, proxies, _ = make(FedSSL, dp_noise_multiplier=1.0, dp_clip=0.5, seed=4)
+        strategy, cm, proxies, _ = make(FederatedAveraging, dp_noise_multiplier=1.0, dp_clip=0.5, seed=4)
         strategy.configure_fit(1, strategy.initial_parameters, cm)
         params, _ = strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), result(proxies[1], upd(2, 2), 99),
                                                result(proxies[2], upd(9, 9), 10)], [])
@@ -78,7 +78,7 @@ def test_a_round_with_dp_is_clipped_noised_seeded_and_reports_epsilon():
 
 def test_dp_is_refused_where_it_cannot_bound_a_client():
     with pytest.raises(ConfigError, match="cannot be combined with strategy.robust"):
-        make(FedSSL, dp_noise_multiplier=1.0, robust="median")
+        make(FederatedAveraging, dp_noise_multiplier=1.0, robust="median")
     with pytest.raises(ConfigError, match="standalone aggregates nothing"):
         make(Standalone, dp_noise_multiplier=1.0)
     with pytest.raises(ConfigError, match="turn them off for DP"):

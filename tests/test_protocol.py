@@ -6,7 +6,7 @@ import pytest
 
 from protocol.instructions import Instructions
 from protocol.layout import Layout
-from strategies import FedEMA, FedPav, FedSSL, FedU, Standalone
+from strategies import FedEMA, FedPav, FederatedAveraging, FedU, Standalone
 from tests.test_strategy import make, result, upd
 
 
@@ -21,13 +21,13 @@ def test_instructions_survive_the_fit_config_and_absent_keys_take_defaults():
 
 
 def told(strategy, cm, pid, server_round=1):
-    ins = {strategy.pid_of[p.cid]: Instructions.from_config(fi.config)
+    ins = {strategy.intake.pid_of[p.cid]: Instructions.from_config(fi.config)
            for p, fi in strategy.configure_fit(server_round, strategy.initial_parameters, cm)}
     return ins[pid]
 
 
 def test_each_strategy_tells_its_clients_what_to_do_with_the_weights():
-    fedavg, cm, _, _ = make(FedSSL)
+    fedavg, cm, _, _ = make(FederatedAveraging)
     ins = told(fedavg, cm, 0)
     assert (ins.replace, ins.mix, ins.keep_optional, ins.keep_everything, ins.adopt_global_predictor) == (
         True, "", False, False, True)
@@ -62,7 +62,7 @@ def test_fedpav_asks_for_the_cosine_distance_only_when_it_weights_by_it():
 def test_pooled_clients_count_no_network_traffic():
     """strategy=centralised: one client holds everything; nothing would cross a network."""
     for pool, traffic in ((False, True), (True, False)):
-        strategy, cm, proxies, _ = make(FedSSL, pool_clients=pool)
+        strategy, cm, proxies, _ = make(FederatedAveraging, pool_clients=pool)
         strategy.configure_fit(1, strategy.initial_parameters, cm)
         strategy.aggregate_fit(1, [result(p, upd(1, 1), 10) for p in proxies], [])
         assert (strategy.record["bytes_sent"] > 0, strategy.record["bytes_received"] > 0) == (traffic, traffic)
@@ -76,7 +76,7 @@ def test_pooled_clients_count_no_network_traffic():
     (FedEMA, "ema_lambda", "auto", "strategy.ema_lambda must be null or a number >= 0, got 'auto'"),
     (FedPav, "kd_every", 0, "strategy.kd_every must be an integer >= 1, got 0"),
     (FedPav, "cdw", "yes", "strategy.cdw must be true or false, got 'yes'"),
-    (FedSSL, "pool_clients", 1, "strategy.pool_clients must be true or false, got 1"),
+    (FederatedAveraging, "pool_clients", 1, "strategy.pool_clients must be true or false, got 1"),
 ])
 def test_a_strategy_refuses_a_wrong_argument_naming_its_key(cls, key, value, message):
     from protocol.checks import ConfigError

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from app.config import compose, to_plain
+from app.registry import strategy_class
 from app.resume import load_state, resumed_config, save_state
 from clients import state_store
-from strategies import FedU
+from strategies import FederatedAveraging, FedU
 from tasks.common.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import ROOT
 from tests.test_strategy import make, result, upd
@@ -109,6 +110,17 @@ def test_resume_refuses_a_different_strategy_and_a_corrupt_state(tmp_path):
         load_state(tmp_path / "elsewhere")
 
 
+def test_a_run_saved_before_the_base_strategy_was_renamed_resumes(tmp_path):
+    """Runs saved while the base class was called FedSSL name it in their config's `_target_`."""
+    cfg = to_plain(compose(["experiment=smoke", "strategy=fedavg"]))
+    assert cfg["strategy"]["_target_"] == "strategies.base.FederatedAveraging"
+    cfg["strategy"]["_target_"], cfg["command_line"] = "strategies.base.FedSSL", ["experiment=smoke", "strategy=fedavg"]
+    save_state(tmp_path, 2, cfg, "f", [np.zeros(2)], {"participated": []}, {"rounds": []})
+    resumed = resumed_config(load_state(tmp_path), ["num_rounds=5"])
+    assert resumed["strategy"]["_target_"] == "strategies.base.FederatedAveraging" and resumed["num_rounds"] == 5
+    assert strategy_class(cfg["strategy"]) is FederatedAveraging  # what app/audit.py reads of a summary
+
+
 def test_client_state_store_keeps_what_resume_needs(tmp_path):
     def kept(v):
         return {"target.x": torch.full((2,), float(v))}
@@ -152,7 +164,7 @@ def test_strategy_state_round_trip_and_round_offset():
     assert again.adopt_global == strategy.adopt_global and again.divergence == strategy.divergence
     ins = again.configure_fit(1, again.initial_parameters, cm2)  # Flower's round 1 is round 2
     assert {fi.config["server_round"] for _, fi in ins} == {2}
-    assert {again.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins} == {0: False, 1: True, 2: True}
+    assert {again.intake.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins} == {0: False, 1: True, 2: True}
     assert all(fi.config["resume_round"] == 1 for _, fi in ins)
     # the run keeps its token across the resume; the server's session is new (clients drop the interrupted part)
     assert {fi.config["run_token"] for _, fi in ins} == {strategy.run_token}

@@ -14,7 +14,7 @@ from app.progress import Progress, clock, enabled
 from clients.state_store import INFO as STATE_INFO
 from protocol.layout import Layout
 from protocol.transfer import bf16_bits, decode, encode, from_bf16_bits
-from strategies import FedSSL
+from strategies import FederatedAveraging
 from tests.test_client_state import told
 from tests.test_strategy import make, result
 
@@ -54,7 +54,7 @@ def test_a_half_precision_upload_that_is_not_what_the_run_said_is_refused_by_nam
 
 def test_the_server_sends_half_and_aggregates_the_decoded_updates_in_fp32():
     init = [np.full((2, 2), 1.0, np.float32), np.full(3, 0.1, np.float32), np.array(4, np.int64)]
-    strategy, cm, proxies, rec = make(FedSSL, layout=LAYOUT, init=init, transfer_dtype="float16")
+    strategy, cm, proxies, rec = make(FederatedAveraging, layout=LAYOUT, init=init, transfer_dtype="float16")
     ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
     wire = parameters_to_ndarrays(ins[0][1].parameters)
     assert [a.dtype for a in wire] == [np.float16, np.float16, np.int64]
@@ -138,11 +138,12 @@ def test_progress_draws_on_a_terminal_and_clears_before_the_round_line():
 
 def test_three_real_training_steps_give_the_first_rounds_estimate(make_cfg):
     from app.calibrate import first_round_estimate
+    from app.registry import task_of
 
     cfg = make_cfg("num_clients=4", "local_epochs=2")
     layout, init = build_layout(cfg)
     threads = torch.get_num_threads()
-    estimate = first_round_estimate(cfg, layout, init, parallel=2, threads=1)
+    estimate = first_round_estimate(cfg, task_of(cfg), layout, init, parallel=2, threads=1)
     # 4 clients of 64 images, 2 epochs, 2 at a time: two waves of 128 images at the measured rate
     assert estimate is not None and 0 < estimate < 60
     assert torch.get_num_threads() == threads  # the server's threads are given back after the steps

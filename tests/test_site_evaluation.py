@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, Status
 
-from strategies import FedSSL
+from strategies import FederatedAveraging
 from strategies.failures import ClientFailed
 from strategies.site_evaluation import merge_site_reports
 from tests.test_strategy import LAYOUT, make, result, upd
@@ -32,7 +32,7 @@ def _answer(proxy, n, **figures):
 
 def test_clients_evaluate_after_aggregation_and_the_round_is_reported_once_they_answer():
     layout = dataclasses.replace(LAYOUT, evaluated_by="clients")
-    strategy, cm, proxies, rec = make(FedSSL, layout=layout)
+    strategy, cm, proxies, rec = make(FederatedAveraging, layout=layout)
     assert strategy.evaluate(0, None) is None and rec.records == []  # no round 0: clients evaluate after rounds
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     params, _ = strategy.aggregate_fit(1, [result(p, upd(1.0, 1.0), 10) for p in proxies], [])
@@ -50,7 +50,7 @@ def test_clients_evaluate_after_aggregation_and_the_round_is_reported_once_they_
 
 
 def test_a_server_evaluated_layout_sends_nothing_to_the_clients():
-    strategy, cm, proxies, rec = make(FedSSL)
+    strategy, cm, proxies, rec = make(FederatedAveraging)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     params, _ = strategy.aggregate_fit(1, [result(p, upd(1.0, 1.0), 10) for p in proxies], [])
     assert strategy.evaluate(1, params)[1]["knn_accuracy"] == 0.5 and len(rec.records) == 1

@@ -15,7 +15,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from protocol.hooks import RunStopped, ServerHooks
 from protocol.layout import Layout
-from strategies import FedSSL, FedU, Standalone
+from strategies import FederatedAveraging, FedU, Standalone
 
 SHAPES = [(2, 2), (3,)]  # layer 0 is the "conv" used for divergence, layer 1 a predictor bias
 LAYOUT = Layout(keys=["online.backbone.conv1.weight", "predictor.0.bias"], shapes=SHAPES, fingerprint="f",
@@ -79,7 +79,7 @@ def upd(conv_value, bias_value):
 def test_fedu_weights_divergence_and_per_client_decisions():
     strategy, cm, proxies, rec = make(FedU, mu=0.4)
     ins = strategy.configure_fit(1, strategy.initial_parameters, cm)
-    assert [strategy.pid_of[p.cid] for p, _ in ins] == [0, 1, 2]
+    assert [strategy.intake.pid_of[p.cid] for p, _ in ins] == [0, 1, 2]
     # first participation: everyone takes the global predictor
     assert all(fi.config["adopt_global_predictor"] for _, fi in ins)
     results = [result(proxies[0], upd(0.0, 1.0), 100), result(proxies[1], upd(0.3, 2.0), 100),
@@ -99,7 +99,7 @@ def test_fedu_weights_divergence_and_per_client_decisions():
     assert all(not r.parameters.tensors for _, r in results)  # serialised copies dropped once decoded
     # next round: each client gets its own decision in its own instructions
     ins = strategy.configure_fit(2, params, cm)
-    decisions = {strategy.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins}
+    decisions = {strategy.intake.pid_of[p.cid]: fi.config["adopt_global_predictor"] for p, fi in ins}
     assert decisions == {0: False, 1: True, 2: True}
 
 
@@ -113,9 +113,9 @@ def test_fedbyol_and_local_ablation_ignore_divergence():
 
 def test_skipped_client_keeps_its_last_decision_and_sampling_is_seeded():
     strategy, cm, proxies, _ = make(FedU, num_clients=4, fraction_fit=0.5, seed=3, mu=0.4)
-    chosen1 = [strategy.pid_of[p.cid] for p, _ in strategy.configure_fit(1, strategy.initial_parameters, cm)]
+    chosen1 = [strategy.intake.pid_of[p.cid] for p, _ in strategy.configure_fit(1, strategy.initial_parameters, cm)]
     again, _, _, _ = make(FedU, num_clients=4, fraction_fit=0.5, seed=3, mu=0.4)
-    assert [again.pid_of[p.cid] for p, _ in again.configure_fit(1, again.initial_parameters, cm)] == chosen1
+    assert [again.intake.pid_of[p.cid] for p, _ in again.configure_fit(1, again.initial_parameters, cm)] == chosen1
     assert len(chosen1) == 2
     by_pid = {p.pid: p for p in proxies}
     strategy.aggregate_fit(1, [result(by_pid[chosen1[0]], upd(5.0, 0), 10),
@@ -124,12 +124,12 @@ def test_skipped_client_keeps_its_last_decision_and_sampling_is_seeded():
     strategy.adopt_global[chosen1[0]] = False
     for rnd in range(2, 12):
         for p, fi in strategy.configure_fit(rnd, strategy.initial_parameters, cm):
-            pid = strategy.pid_of[p.cid]
+            pid = strategy.intake.pid_of[p.cid]
             assert fi.config["adopt_global_predictor"] == strategy.adopt_global.get(pid, True)
 
 
 def test_invalid_updates_are_rejected_and_failures_recorded():
-    strategy, cm, proxies, rec = make(FedSSL, min_fit_clients=1)
+    strategy, cm, proxies, rec = make(FederatedAveraging, min_fit_clients=1)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     nan = upd(1.0, 1.0)
     nan[0][0, 0] = np.nan
@@ -143,7 +143,7 @@ def test_invalid_updates_are_rejected_and_failures_recorded():
 
 
 def test_too_few_valid_updates_stops_the_run_with_the_reason():
-    strategy, cm, proxies, rec = make(FedSSL, min_fit_clients=2)
+    strategy, cm, proxies, rec = make(FederatedAveraging, min_fit_clients=2)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     with pytest.raises(RunStopped, match="only 1 valid updates"):
         strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10)], [RuntimeError("boom")])
@@ -151,7 +151,7 @@ def test_too_few_valid_updates_stops_the_run_with_the_reason():
 
 
 def test_a_clients_fatal_error_ends_its_participation_not_the_run():
-    strategy, cm, proxies, _ = make(FedSSL)
+    strategy, cm, proxies, _ = make(FederatedAveraging)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     bad = result(proxies[1], [], 0, fatal_error="client 1, round 1: non-finite loss (nan)")
     params, _ = strategy.aggregate_fit(1, [result(proxies[0], upd(1, 1), 10), bad, result(proxies[2], upd(3, 3), 10)], [])
@@ -159,13 +159,13 @@ def test_a_clients_fatal_error_ends_its_participation_not_the_run():
     assert strategy.record["failures"] == [{"partition_id": 1, "round": 1,
                                             "error": "left the federation: client 1, round 1: non-finite loss (nan)"}]
     ins = strategy.configure_fit(2, params, cm)  # not asked again, recorded as failed
-    assert sorted(strategy.pid_of[c.cid] for c, _ in ins) == [0, 2]
+    assert sorted(strategy.intake.pid_of[c.cid] for c, _ in ins) == [0, 2]
     assert "left the federation" in strategy.record["failures"][0]["error"]
     assert strategy.state_dict()["retired"] == {"1": "round 1: client 1, round 1: non-finite loss (nan)"}
 
 
 def test_the_server_stops_the_run_when_every_client_has_left_naming_their_error():
-    strategy, cm, proxies, _ = make(FedSSL)
+    strategy, cm, proxies, _ = make(FederatedAveraging)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     bad = [result(p, [], 0, fatal_error=f"client {p.pid}, round 1: non-finite loss (nan)") for p in proxies]
     with pytest.raises(RunStopped, match="^client 0, round 1: non-finite loss .*only 0 valid updates"):
@@ -226,12 +226,12 @@ def test_relative_dapu_refuses_an_unknown_scale():
 
 
 def test_a_node_offline_at_the_start_of_a_round_is_recorded_and_the_round_goes_on():
-    strategy, cm, proxies, rec = make(FedSSL, num_clients=3)
+    strategy, cm, proxies, rec = make(FederatedAveraging, num_clients=3)
     strategy.configure_fit(1, strategy.initial_parameters, cm)  # round 1: everyone connected
     strategy.aggregate_fit(1, [result(p, upd(k, k), 10) for k, p in enumerate(proxies)], [])
     cm.unregister(proxies[1])  # its SuperNode went down between rounds
     ins = strategy.configure_fit(2, strategy.initial_parameters, cm)
-    assert [strategy.pid_of[p.cid] for p, _ in ins] == [0, 2]
+    assert [strategy.intake.pid_of[p.cid] for p, _ in ins] == [0, 2]
     assert strategy.record["selected"] == [0, 1, 2]  # the seeded choice does not depend on who is up
     assert strategy.record["failures"] == [{"partition_id": 1, "round": 2,
                                             "error": "not connected at the start of the round (its node is offline)"}]
@@ -248,7 +248,7 @@ def test_a_partition_is_bound_to_the_node_that_first_claimed_it():
     """Identity (issue 26): a second node claiming a served partition, a node changing its claim, a claim
     outside the partitions and a node that cannot say are refused by name; a partition whose node is
     gone passes to the node that claims it (recorded), and the binding survives a resume."""
-    strategy, cm, proxies, rec = make(FedSSL, num_clients=3)
+    strategy, cm, proxies, rec = make(FederatedAveraging, num_clients=3)
     strategy.configure_fit(1, strategy.initial_parameters, cm)
     thief, negative, mute = FakeProxy("node-7", 1), FakeProxy("node-6", -1), FakeProxy("node-5", 0)
     mute.get_properties = lambda ins, timeout, group_id: (_ for _ in ()).throw(TimeoutError("no answer"))
@@ -275,7 +275,7 @@ def test_a_partition_is_bound_to_the_node_that_first_claimed_it():
     saved = strategy.state_dict()["identity"]
     assert saved == {"0": "node-100", "1": "node-7", "2": "node-98"}
     # resumed: node-100, node-99 (back, claiming partition 1 again) and node-98 connect, beside node-7
-    resumed, cm2, _, _ = make(FedSSL, num_clients=3, resume_from={"round": 3, "strategy_state": strategy.state_dict()})
+    resumed, cm2, _, _ = make(FederatedAveraging, num_clients=3, resume_from={"round": 3, "strategy_state": strategy.state_dict()})
     cm2.register(thief)
     resumed.configure_fit(1, resumed.initial_parameters, cm2)
     assert {r["node"]: r["reason"] for r in resumed.record["rejected"]} == {

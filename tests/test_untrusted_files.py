@@ -160,7 +160,7 @@ def test_a_strategy_target_outside_the_projects_strategies_is_refused(target):
     from app.schema import validate
 
     cfg = to_plain(compose(["experiment=smoke", f"strategy._target_={target}"]))
-    allowed = r"choose one of \[.*'strategies.base.FedSSL'.*'strategies.fedu.FedU'"
+    allowed = r"choose one of \[.*'strategies.base.FederatedAveraging'.*'strategies.fedu.FedU'"
     for check in (validate, strategy_class, summary_schema):
         with pytest.raises(ConfigError, match=f"strategy._target_='{target}' is not valid; {allowed}"):
             check(cfg)

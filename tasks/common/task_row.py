@@ -1,0 +1,62 @@
+"""A task's row: everything the rest of the project needs to know of a task, exported by the task's own package (`TASK` in tasks/<task>/row.py).
+
+app/registry.py lists the rows and picks the run's; the federation carries the row it picked, so
+the server, the clients and the offline commands use one row and never look the task up again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from protocol.fields import Metric, Series, TaskMetrics
+from protocol.layout import Layout
+from tasks.common.local import LocalResult, LocalRound
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task's row.
+
+    data_kind: the `dataset.kind` it trains on.
+    layout(cfg, options) -> (upload Layout, initial global arrays), built the way clients build it.
+    local_round: one client's round (tasks/<task>/local.py).
+    evaluator(cfg, layout) -> the strategy's evaluate hook.
+    preflight(cfg): raises what it refuses before training (data, sizes, combinations).
+    metrics: what its evaluations report (console, summary.json, closing line).
+    config: the types of its own config keys (protocol.checks specs).
+    layout_options(cfg): the settings that shape its upload (sent to clients in their instructions).
+    server_hooks(cfg): extra torch services for strategies (e.g. distill).
+    route: mode=route for a task whose models have sub-networks, else None.
+    local_evaluate: a client's scoring of its own model on its own test data, for layouts the
+        clients evaluate (Layout.evaluated_by == "clients"), else None.
+    client_fields(cfg): per-client values of its own that the round's console line shows.
+    learned(cfg, layout, arrays) -> the network its evaluator uses, for mode=export, predict and embed
+        (tasks/common/export.Learned); learned_output: what that network gives (features, detections).
+    simulation_preflight(cfg): what a simulation refuses on top of preflight: it reads every client's
+        data itself, where a deployment's SuperNodes may serve their own (local-data).
+    """
+
+    name: str
+    data_kind: str
+    layout: Callable[[dict, dict], tuple[Layout, list]]
+    local_round: Callable[[LocalRound], LocalResult]
+    evaluator: Callable[[dict, Layout], Callable]
+    preflight: Callable[[dict], None]
+    metrics: TaskMetrics
+    config: dict = field(default_factory=dict)
+    layout_options: Callable[[dict], dict] = lambda cfg: {}
+    server_hooks: Callable[[dict], dict] = lambda cfg: {}
+    route: Callable | None = None
+    local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None
+    client_fields: Callable[[dict], tuple] = lambda cfg: ()
+    learned: Callable | None = None
+    learned_output: str | None = None
+    simulation_preflight: Callable[[dict], None] = lambda cfg: None
+
+
+# what a representation is scored by (tasks ssl and sdr): kNN and the linear probe, with both BatchNorm readings
+REPRESENTATION = (Metric("knn_accuracy", "kNN"), Metric("linear_accuracy", "linear"),
+                  Metric("knn_accuracy_bn_reestimated", "kNN (BN re-estimated)"),
+                  Metric("linear_accuracy_bn_reestimated", "linear (BN re-estimated)"))
+KNN_HISTORY = Series("knn", (("accuracy", "knn_accuracy"),), prefixed=(("accuracy_", "knn_accuracy_"),))
