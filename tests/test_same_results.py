@@ -71,3 +71,13 @@ def test_a_seeded_smoke_run_gives_the_recorded_results(case, tmp_path, data_dir,
     assert got["final"].keys() == want["final"].keys(), case
     for key, value in want["final"].items():
         assert abs(got["final"][key] - value) <= SCORE_ATOL, (case, key, got["final"][key], value)
+    print(f"\n{case}: {deviations(got, want)}")  # what a refactor's note reports (pytest -s)
+
+
+def deviations(got: dict, want: dict) -> str:
+    """The largest differences from the recorded results: relative, over every loss; absolute, over the scores."""
+    losses = [(g["train_loss"], w["train_loss"]) for g, w in zip(got["rounds"], want["rounds"])] + [
+        (g["clients"][pid], w["clients"][pid]) for g, w in zip(got["rounds"], want["rounds"]) for pid in w["clients"]]
+    rel = max((abs(float(a) - float(b)) / max(abs(float(b)), 1e-12) for a, b in losses if b is not None), default=0.0)
+    score = max((abs(got["final"][k] - v) for k, v in want["final"].items()), default=0.0)
+    return f"{len(losses)} losses, largest relative difference {rel:.1e}; {len(want['final'])} scores, largest difference {score:.4f}"
