@@ -7,8 +7,8 @@ order that gives the most evidence first, then one table of everything finished.
 experiment=cpu_learn (results under benchmarks/results/learning/cpu_learn/<dataset>/):
 1. FedU, FedBYOL, standalone and random init (each seed's untrained network), seeds 0, 1, 2,
    `classes` partition, seed by seed (every row has seed 0 before any has seed 1);
-2. FedU with the scale-free DAPU (strategy.dapu_scale=relative), seed 0: with the paper's threshold
-   every DAPU decision at this width is "global" and FedU runs exactly as FedBYOL; and FedU on the
+2. FedU with the scale-free DAPU (strategy.dapu_scale=relative), seeds 0, 1, 2: with the paper's
+   threshold every DAPU decision at this width is "global" and FedU runs exactly as FedBYOL; and FedU on the
    `iid` partition, seed 0 (the cost of 2-class clients against the cost of federation);
 3. FedEMA, centralised and FedSimCLR, seeds 0, 1, 2;
 with --dataset cifar100: FedU and random init, seed 0.
@@ -45,7 +45,7 @@ def plan(dataset: str, preset: str) -> list[tuple[list[str], list[int], str]]:
         # at this width the paper's absolute DAPU threshold (mu = 0.4) adopts the global predictor in
         # every decision, so FedU runs exactly as FedBYOL: the scale-free DAPU is the FedU that differs,
         # and comes before the other methods
-        return [(LEARN_FIRST, [0, 1, 2], "classes"), (["fedu_dapu_relative"], [0], "classes"),
+        return [(LEARN_FIRST, [0, 1, 2], "classes"), (["fedu_dapu_relative"], [0, 1, 2], "classes"),
                 (["fedu"], [0], "iid"), (LEARN_NEXT, [0, 1, 2], "classes")]
     if dataset != "cifar10":
         return [(["fedu", "fedbyol", "standalone", "random_init"], [0], "classes")]
