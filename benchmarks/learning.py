@@ -68,14 +68,16 @@ def run(argv=None) -> None:
     out = args.out or default_out(args.dataset, args.preset)
     common = ["--dataset", args.dataset, "--preset", args.preset, "--out", str(out)]
     steps = plan(args.dataset, args.preset)
-    if not args.report_only:
-        for methods, seeds, partition in steps:
-            main([*common, "--partitions", partition, "--methods", *methods, "--seeds", *map(str, seeds)])
     known = [*LEARN_FIRST, *LEARN_NEXT, *COMPARED, *ABLATIONS]
     methods = [m for m in dict.fromkeys(known) if any(m in ms for ms, _, _ in steps)]
     seeds = sorted({s for _, ss, _ in steps for s in ss})
     partitions = list(dict.fromkeys(part for _, _, part in steps))
-    main([*common, "--partitions", *partitions, "--methods", *methods, "--seeds", *map(str, seeds), "--report-only"])
+    report = [*common, "--partitions", *partitions, "--methods", *methods, "--seeds", *map(str, seeds), "--report-only"]
+    if not args.report_only:
+        for step_methods, step_seeds, partition in steps:
+            main([*common, "--partitions", partition, "--methods", *step_methods, "--seeds", *map(str, step_seeds)])
+            main(report)  # the table of every finished cell, not only this step's (a stopped runner leaves it whole)
+    main(report)
 
 
 if __name__ == "__main__":
