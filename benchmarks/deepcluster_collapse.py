@@ -20,12 +20,14 @@ seed), resumable:
 Per round: how many of the 32 global clusters the clients' images filled (`global_clusters_filled`
 in summary.json, before the server's repair), the largest cluster's share, and the fewest clusters
 any one client's images filled; then the final kNN accuracy (k=200) with re-estimated BatchNorm.
-Writes <out>/table.md, table.json, clusters_rounds.png; the runs go under outputs/benchmarks/.
+Writes <out>/table.md, table.json, clusters_rounds.png and each finished cell under <out>/cells/ (committed:
+a later session reruns only what is missing); the runs go under outputs/benchmarks/.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import runpy
 import sys
 from dataclasses import replace
@@ -68,8 +70,18 @@ def launch_before(argv: list[str]) -> None:
     runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
 
 
+def cell_path(out: Path, variant: str, preset: str, seed: int) -> Path:
+    """Where a finished cell is kept with the table (committed): the runs under outputs/ do not
+    outlive the machine, the cells do, so a later session continues with what is missing."""
+    return out / "cells" / preset / variant / f"seed{seed}.json"
+
+
 def run(variant: str, preset: str, seed: int, args) -> dict | None:
-    """One cell: its run made or resumed (with --report-only: read when completed, else None)."""
+    """One cell: kept from an earlier run, or its run made or resumed (with --report-only: None
+    when it is not finished)."""
+    kept = cell_path(args.out, variant, preset, seed)
+    if kept.is_file():
+        return json.loads(kept.read_text())
     label, rule, overrides = VARIANTS[variant]
     program = ("main.py",) if rule == "fixed" else (str(Path(__file__).resolve()), "--launch", "before")
     out = args.runs / preset / variant / f"seed{seed}"
@@ -85,11 +97,14 @@ def run(variant: str, preset: str, seed: int, args) -> dict | None:
         raise SystemExit(f"{variant}/{preset}/seed{seed}: the merge before the fixes did not run on the server")
     final = s.get("final") or {}
     knn = final.get("knn_accuracy_bn_reestimated", final.get("knn_accuracy"))
-    return {"variant": variant, "preset": preset, "seed": seed,
+    cell = {"variant": variant, "preset": preset, "seed": seed,
             "filled": [r["global_clusters_filled"] for r in rounds],
             "largest": [r["global_largest_share"] for r in rounds],
             "client_min": [min(c["clusters_filled"] for c in r["clients"].values()) for r in rounds],
             "knn": knn, "wall_seconds": s.get("wall_seconds")}
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(cell, indent=1) + "\n")
+    return cell
 
 
 def table(cells: list[dict]) -> str:
