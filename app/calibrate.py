@@ -32,7 +32,7 @@ def first_round_estimate(cfg: dict, task: Task, layout, initial: list, parallel:
         before = torch.get_num_threads()
         use_threads(threads)
         try:
-            out = task.local_round(LocalRound(small, 0, ins, list(initial), None))
+            out = task.local_round(LocalRound(small, 0, ins, list(initial), None, settings=task.settings(small)))
         finally:
             torch.set_num_threads(before)
         rate = float(out.metrics["images_per_second"])

@@ -25,6 +25,7 @@ from flwr.server.compat import start_grid
 from app.config import compose, to_plain
 from app.federation import Federation, build_client, client_resources, compute_line, compute_settings, prepare
 from app.progress import for_run
+from app.registry import task_of
 from app.schema import clients_per_round
 from app.resume import run_config
 from app.signals import signals_stop_run, stop_of, stopped_text
@@ -67,24 +68,36 @@ def _server_main(grid, context) -> None:
         raise RuntimeError(report.failure_line())
 
 
+@lru_cache(maxsize=4)
+def node_client(overrides: str, data_dir: str | None, local_data: str | None, num_partitions: int | None):
+    """(config, task, the task's section, threads) of a SuperNode's clients, resolved once per setting
+    (Flower calls the client_fn for every message)."""
+    cfg = dict(config_from_overrides(overrides))
+    if data_dir is not None:
+        cfg["data_dir"] = data_dir
+    if local_data is not None:  # the node's own images instead of a slice of the public set
+        cfg["local_data"] = local_data
+    if num_partitions is not None and num_partitions != cfg["num_clients"]:
+        raise ValueError(
+            f"this SuperNode was started with num-partitions={num_partitions} but the run "
+            f"has num_clients={cfg['num_clients']}; restart it with matching --node-config"
+        )
+    task = task_of(cfg)
+    return cfg, task, task.settings(cfg), int(client_resources(cfg)["num_cpus"])
+
+
 def _client_fn(context):
     node = context.node_config
     # the site's own settings on top of the run's (device=cpu, precision=fp32, ...); one that changes
     # what is uploaded is refused by the layout check at its first round, with both fingerprints
     overrides = " ".join(str(o) for o in (context.run_config.get("overrides", ""), node.get("overrides", "")) if o)
-    cfg = dict(config_from_overrides(overrides))
-    if "data-dir" in node:
-        cfg["data_dir"] = str(node["data-dir"])
-    if "local-data" in node:  # the node's own images instead of a slice of the public set
-        cfg["local_data"] = str(node["local-data"])
-    if "num-partitions" in node and int(node["num-partitions"]) != cfg["num_clients"]:
-        raise ValueError(
-            f"this SuperNode was started with num-partitions={node['num-partitions']} but the run "
-            f"has num_clients={cfg['num_clients']}; restart it with matching --node-config"
-        )
-    threads = int(client_resources(cfg)["num_cpus"])
+    cfg, task, settings, threads = node_client(
+        overrides, str(node["data-dir"]) if "data-dir" in node else None,
+        str(node["local-data"]) if "local-data" in node else None,
+        int(node["num-partitions"]) if "num-partitions" in node else None)
     state_dir = str(node["state-dir"]) if "state-dir" in node else None
-    return build_client(cfg, int(node["partition-id"]), context.state, threads, state_dir).to_client()
+    return build_client(cfg, int(node["partition-id"]), context.state, threads, state_dir, task=task,
+                        settings=settings).to_client()
 
 
 server_app = ServerApp()

@@ -73,7 +73,7 @@ def load_learned(argv: list[str], mode: str, needs: str) -> tuple[dict, Task, Le
     name = "global" if "global" in models else min(models, key=lambda n: (len(n), n))
     if name != "global":
         log.info("%s: the checkpoint holds one model per client (standalone); using client %s's", mode, name)
-    return cfg, task, task.learned(cfg, layout, models[name]), name
+    return cfg, task, task.learned(task.settings(cfg), layout, models[name]), name
 
 
 def git_commit() -> str | None:
@@ -167,8 +167,9 @@ def export(argv: list[str]) -> None:
     out = Path(cfg.get("output_dir") or Path(str(cfg["checkpoint"])).parent)
     out.mkdir(parents=True, exist_ok=True)
     log_to_console()
+    settings = task.settings(cfg)
     for model, arrays in models.items():
-        card = export_one(cfg, task, payload, model, task.learned(cfg, layout, arrays), out)
+        card = export_one(cfg, task, payload, model, task.learned(settings, layout, arrays), out)
         onnx = card["checks"]["onnx"]
         tv = card["checks"].get("torchvision")
         print(f"exported {card['what']} to {out}: " + ", ".join(card["files"].values())

@@ -88,11 +88,12 @@ def compute_line(c: dict) -> str:
             f"{c['parallel_clients']} client(s) in parallel x {c['threads_per_client']} thread(s)")
 
 
-def build_layout(cfg: dict, task: Task | None = None) -> tuple[Layout, list]:
+def build_layout(cfg: dict, task: Task | None = None, settings=None) -> tuple[Layout, list]:
     """The upload layout and the initial global arrays, from the same code the clients run (`task`:
-    the run's row, when the caller has it)."""
+    the run's row and `settings` its section, when the caller has them)."""
     task = task or task_of(cfg)
-    return task.layout(cfg, task.layout_options(cfg))
+    settings = task.settings(cfg) if settings is None else settings
+    return task.layout(settings, task.layout_options(settings))
 
 
 def _nested_targets(node, prefix: str) -> list[str]:
@@ -124,19 +125,21 @@ def strategy_class(cfg: dict):
                           f"({err.__cause__ or err})") from err
 
 
-def summary_schema(cfg: dict, task: Task | None = None, make_strategy=None) -> SummarySchema:
+def summary_schema(cfg: dict, task: Task | None = None, make_strategy=None, settings=None) -> SummarySchema:
     """What the run's summary.json holds (the task's metrics, the strategy's and the task's own fields)."""
     cls, task = (make_strategy or strategy_class(cfg)).func, task or task_of(cfg)
-    return SummarySchema(task.metrics, (*cls.CLIENT_FIELDS, *task.client_fields(cfg)), cls.ROUND_FIELDS)
+    settings = task.settings(cfg) if settings is None else settings
+    return SummarySchema(task.metrics, (*cls.CLIENT_FIELDS, *task.client_fields(settings)), cls.ROUND_FIELDS)
 
 
 @dataclass
 class Federation:
-    """A run ready to start: its config, task (the registry's row, resolved once), strategy and report
-    (nothing written yet)."""
+    """A run ready to start: its config, task (the registry's row, resolved once) and the task's section
+    of the config (Task.settings, built once), strategy and report (nothing written yet)."""
 
     cfg: dict
     task: Task
+    settings: object
     strategy: object
     report: RunReport
     resume_state: dict | None = None
@@ -173,10 +176,11 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
     check_machine(cfg, out_dir or cfg.get("output_dir"), "resume" if resume_state else "output_dir",
                   computes=not deployed)
     task = task_of(cfg)
-    task.preflight(cfg)
+    settings = task.settings(cfg)
+    task.preflight(settings)
     if not deployed:  # the simulation reads every client's data itself: no SuperNode serves its own
-        task.simulation_preflight(cfg)
-    layout, initial = task.layout(cfg, task.layout_options(cfg))
+        task.simulation_preflight(settings)
+    layout, initial = task.layout(settings, task.layout_options(settings))
     if resume_state is not None:
         if resume_state["layout"] != layout.fingerprint:
             raise CheckpointError("resume: the saved global model does not fit this model/method config "
@@ -184,7 +188,7 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         initial = resume_state["arrays"]
     make_strategy = strategy_class(cfg)
     out_dir = Path(out_dir or cfg.get("output_dir") or "outputs")
-    schema = summary_schema(cfg, task, make_strategy)
+    schema = summary_schema(cfg, task, make_strategy, settings)
     report = RunReport(cfg, out_dir, schema, task.name, resume_state)
 
     def checkpoint(models, server_round):
@@ -196,11 +200,11 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
             log(logging.ERROR, "fault injection: the server process dies after round %s", server_round)
             os._exit(75)
 
-    hooks = ServerHooks(evaluate=task.evaluator(cfg, layout), report=report.report, save_checkpoint=checkpoint,
+    hooks = ServerHooks(evaluate=task.evaluator(settings, layout), report=report.report, save_checkpoint=checkpoint,
                         save_state=persist if cfg["checkpoint_every"] > 0 else (lambda *a: None),
                         round_started=lambda rnd, n: report.progress.round_started(rnd, n),
                         client_done=lambda n: report.progress.client_done(n),
-                        audit=UpdateAudit(out_dir) if cfg["audit_updates"] else None, **task.server_hooks(cfg))
+                        audit=UpdateAudit(out_dir) if cfg["audit_updates"] else None, **task.server_hooks(settings))
     strategy = make_strategy(
         layout=layout, hooks=hooks, initial_arrays=initial, num_rounds=cfg["num_rounds"],
         num_clients=cfg["num_clients"], fraction_fit=float(cfg["fraction_fit"]),
@@ -210,7 +214,7 @@ def prepare(cfg: dict, out_dir: str | Path | None = None, resume_state: dict | N
         checkpoint_every=int(cfg["checkpoint_every"]), resume_from=resume_state,
         transfer_dtype=str(cfg.get("transfer_dtype", "float32")), example_limits=example_limits(cfg, task, deployed),
         client_timeout=float((cfg.get("trust") or {}).get("client_timeout", 600.0)))
-    return Federation(cfg, task, strategy, report, resume_state, deployed)
+    return Federation(cfg, task, settings, strategy, report, resume_state, deployed)
 
 
 def server_config(cfg: dict, resume_state: dict | None = None, deployed: bool = False) -> ServerConfig:
@@ -226,24 +230,27 @@ def build_server_app(federation: Federation) -> ServerApp:
 
 
 def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_dir: str | None = None,
-                 task: Task | None = None) -> TaskClient:
+                 task: Task | None = None, settings=None) -> TaskClient:
     """The client of partition `partition_id`, running the local round of the run's task (`task`: its
-    row, when the caller has it)."""
+    row and `settings` its section, when the caller has them)."""
     task = task or task_of(cfg)
+    settings = task.settings(cfg) if settings is None else settings
     return TaskClient(task.local_round, cfg, partition_id, state, threads=threads, state_dir=state_dir,
-                      local_evaluate=task.local_evaluate)
+                      local_evaluate=task.local_evaluate, settings=settings)
 
 
-def make_client_fn(cfg: dict, task: Task | None = None):
-    """client_fn for Flower: one client for the partition named in the node config."""
+def make_client_fn(cfg: dict, task: Task | None = None, settings=None):
+    """client_fn for Flower: one client for the partition named in the node config (the task and its
+    section resolved once, not per client)."""
     threads, task = int(client_resources(cfg)["num_cpus"]), task or task_of(cfg)
+    settings = task.settings(cfg) if settings is None else settings
 
     def client_fn(context):
         return build_client(cfg, int(context.node_config["partition-id"]), context.state, threads,
-                            task=task).to_client()
+                            task=task, settings=settings).to_client()
 
     return client_fn
 
 
-def build_client_app(cfg: dict, task: Task | None = None) -> ClientApp:
-    return ClientApp(client_fn=make_client_fn(cfg, task))
+def build_client_app(cfg: dict, task: Task | None = None, settings=None) -> ClientApp:
+    return ClientApp(client_fn=make_client_fn(cfg, task, settings))

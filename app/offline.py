@@ -120,7 +120,7 @@ def evaluate_offline(cfg: dict, models: dict, layout: Layout, out_dir: str | Pat
     writable_folder(out_dir)
     t0 = time.perf_counter()
     task = task_of(cfg)
-    result = task.evaluator(cfg, layout)(0, models, final=True)
+    result = task.evaluator(task.settings(cfg), layout)(0, models, final=True)
     report = {"status": "completed", "checkpoint": str(cfg["checkpoint"]), "task": task.name,
               "dataset": cfg["dataset"]["name"], "strategy": cfg["strategy"]["name"], "ssl": cfg["ssl"]["name"],
               "final": result, "eval_seconds": time.perf_counter() - t0}

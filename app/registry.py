@@ -81,6 +81,7 @@ def task_of(cfg: dict) -> Task:
         if task.data_kind == dataset["kind"]:
             if task.name == "ssl":
                 _check_method(cfg)
+            _check_refused(task, cfg)
             return task
     kinds = sorted({t.data_kind for t in declared})
     by_strategy = [s for s, node in group_nodes("strategy").items()
@@ -104,6 +105,16 @@ def _check_method(cfg: dict) -> None:
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for {' or '.join(m.upper() for m in methods)} "
                           f"(ssl={' or ssl='.join(methods)}); run ssl={cfg['ssl']['name']} with "
                           f"{_alternatives('strategy', others)}")
+
+
+def _check_refused(task: Task, cfg: dict) -> None:
+    """A key of another section that the task declares it cannot run with (Task.refuses), when it is set."""
+    for key, why in task.refuses.items():
+        section, name = key.split(".", 1)
+        value = (cfg.get(section) or {}).get(name)
+        if value:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise ConfigError(f"{key}={shown} is not for task {task.name}: {why}")
 
 
 def _alternatives(group: str, options: list[str]) -> str:

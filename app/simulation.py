@@ -93,7 +93,7 @@ def run(cfg: dict, out_dir: str | Path, resume_state: dict | None = None) -> Run
         with libraries_to_log(report.log_file), signals_stop_run():  # Flower's and Ray's lines: main.log only
             run_simulation(
                 server_app=build_server_app(federation),
-                client_app=build_client_app(cfg, federation.task),
+                client_app=build_client_app(cfg, federation.task, federation.settings),
                 num_supernodes=cfg["num_clients"],
                 backend_config={"client_resources": resources, "init_args": init_args},
             )

@@ -39,8 +39,9 @@ from benchmarks.detection_transfer import site_mean  # noqa: E402
 from benchmarks.tables import fmt, mean_std, write_cells  # noqa: E402
 from tasks.common.checkpoint import load_checkpoint  # noqa: E402
 from tasks.common.training import resolve_device  # noqa: E402
-from tasks.detection.data import client_train, num_sites  # noqa: E402
+from tasks.detection.data import client_train  # noqa: E402
 from tasks.detection.evaluator import DetectionEvaluator, site_scores  # noqa: E402
+from tasks.detection.settings import detection_settings  # noqa: E402
 from tasks.detection.synthetic import site_profile  # noqa: E402
 from tasks.detection.train import batch  # noqa: E402
 
@@ -80,7 +81,7 @@ def site_name(cfg: dict, site: int) -> str:
     d = cfg["dataset"]
     if d["name"] != "synthetic_detection":
         return f"site {site}"
-    p = site_profile(site, num_sites(cfg), int(d["num_classes"]), int(d["classes_per_site"]), int(d["min_object"]),
+    p = site_profile(site, detection_settings(cfg).sites.count, int(d["num_classes"]), int(d["classes_per_site"]), int(d["min_object"]),
                      int(d["max_object"]), int(cfg["seed"]))
     return f"{p.background}, objects {p.size_range[0]}-{p.size_range[1]} px"
 
@@ -88,8 +89,8 @@ def site_name(cfg: dict, site: int) -> str:
 def site_bn_scores(net: nn.Module, cfg: dict, evaluator: DetectionEvaluator, site: int, device: torch.device) -> dict:
     """One site: the global detector `net` scored on the site's test images with the aggregated
     BatchNorm statistics and with them re-estimated on the site's training images (`net` untouched)."""
-    bs = int(cfg["detection"]["eval_batch_size"])
-    test, train = evaluator.test_set(site), client_train(cfg, site)
+    bs = evaluator.settings.eval_batch_size
+    test, train = evaluator.test_set(site), client_train(evaluator.settings.sites, site)
     aggregated, _ = site_scores(net, test, device, bs)
     reestimated, _ = site_scores(reestimate_batchnorm(net, train, device, bs), test, device, bs)
     return {"site": site, "name": site_name(cfg, site), "train_images": len(train),
@@ -100,10 +101,10 @@ def checkpoint_bn_scores(checkpoint: Path, overrides: list[str] = ()) -> dict:
     """Every site of a detection checkpoint (global model), as `site_bn_scores`; `overrides` are
     this machine's (data_dir=, cache_dir=, device=), as mode=evaluate takes them."""
     cfg, models, layout, _ = evaluation_setup(["mode=evaluate", f"checkpoint={checkpoint}", *overrides])
-    evaluator = DetectionEvaluator(cfg, layout)
+    evaluator = DetectionEvaluator(detection_settings(cfg), layout)
     net = evaluator.load(models["global"])
     device = resolve_device(str(cfg["device"]))
-    sites = [site_bn_scores(net, cfg, evaluator, site, device) for site in range(num_sites(cfg))]
+    sites = [site_bn_scores(net, cfg, evaluator, site, device) for site in range(evaluator.settings.sites.count)]
     means = {v: {k: site_mean({"per_client": {str(s["site"]): s[v] for s in sites}}, k) for k in ("map", "map_50")}
              for v in VARIANTS}
     return {"round": int(load_checkpoint(checkpoint)["round"]), "sites": sites, MEAN: means}

@@ -35,9 +35,9 @@ class TaskClient(NumPyClient):
 
     def __init__(self, local_round: Callable[[LocalRound], LocalResult], cfg: dict, partition_id: int,
                  state: RecordDict, threads: int = 1, state_dir: str | None = None,
-                 local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None):
+                 local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None, settings=None):
         self.local_round, self.cfg, self.pid, self.state, self.threads = local_round, cfg, int(partition_id), state, threads
-        self.local_evaluate = local_evaluate
+        self.local_evaluate, self.settings = local_evaluate, settings  # settings: the task's section (Task.settings)
         root = state_dir or cfg.get("client_state_dir")
         self.state_dir = Path(root) / str(self.pid) if root else None
 
@@ -55,7 +55,7 @@ class TaskClient(NumPyClient):
         kept, info, source = self._kept(ins)
         try:
             received = decode(list(parameters or []), None, ins.transfer_dtype)
-            out = self.local_round(LocalRound(self.cfg, self.pid, ins, received, kept, info))
+            out = self.local_round(LocalRound(self.cfg, self.pid, ins, received, kept, info, self.settings))
         except NonFiniteLossError as err:
             return [], 0, {"partition_id": self.pid, "fatal_error": str(err)}
         info.update(out.info)
@@ -79,7 +79,8 @@ class TaskClient(NumPyClient):
         use_threads(self.threads)
         kept, info, source = self._kept(ins)
         received = decode(list(parameters or []), None, ins.transfer_dtype)
-        num_examples, metrics = self.local_evaluate(LocalRound(self.cfg, self.pid, ins, received, kept, info))
+        num_examples, metrics = self.local_evaluate(LocalRound(self.cfg, self.pid, ins, received, kept, info,
+                                                               self.settings))
         del kept, received
         release_memory()
         return 0.0, int(num_examples), {"partition_id": self.pid, "state": source, **metrics}

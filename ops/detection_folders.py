@@ -24,8 +24,8 @@ from app.config import ConfigError, compose, to_plain
 from app.schema import validate
 from tasks.common.data import DataError
 from tasks.detection.annotations import write_voc
-from tasks.detection.data import class_names, num_sites, site_split
-from tasks.detection.model import check_detection_config
+from tasks.detection.data import site_split
+from tasks.detection.settings import detection_settings
 
 
 SITE = re.compile(r"^site\d+$")
@@ -56,10 +56,11 @@ def export(cfg: dict, out: Path, replace: bool = False) -> list[Path]:
     out = Path(out)
     clear_target(out, replace)
     folders = []
-    names = class_names(cfg)
-    for site in range(num_sites(cfg)):
+    sites = detection_settings(cfg).sites
+    names = sites.classes
+    for site in range(sites.count):
         folder = out / f"site{site}"
-        train, test = site_split(cfg, site, "train"), site_split(cfg, site, "test")
+        train, test = site_split(sites, site, "train"), site_split(sites, site, "test")
         write_voc(folder, "trainval", train.images, train.boxes, train.labels, names)
         write_voc(folder, "test", test.images, test.boxes, test.labels, names, start=len(train))
         folders.append(folder)
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = to_plain(compose(["dataset=synthetic_detection", *argv[1:]]))
         validate(cfg)  # the values' types and ranges, then the synthetic set's sizes
-        check_detection_config(cfg)
+        classes = detection_settings(cfg).detector.classes
         folders = export(cfg, Path(argv[0]), replace=replace)
     except (FolderTaken, ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
         return 1
     for folder in folders:
         print(folder)
-    print("classes:", "[" + ",".join(class_names(cfg)) + "]")
+    print("classes:", "[" + ",".join(classes) + "]")
     return 0
 
 

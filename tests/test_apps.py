@@ -41,6 +41,10 @@ def test_deployment_client_app_takes_partition_and_data_from_node_config(data_di
     client = deployment._client_fn(ctx).numpy_client
     assert client.pid == 2 and client.cfg["data_dir"] == str(data_dir)
     assert client.state_dir == tmp_path / "st" / "2"
+    # every message builds a client: the config, the task and its section are resolved once per node setting
+    again = deployment._client_fn(Context(run_id=7, node_id=5, node_config=dict(node, **{"partition-id": 1}),
+                                          state=RecordDict(), run_config={"overrides": overrides})).numpy_client
+    assert again.pid == 1 and again.cfg is client.cfg and again.settings is client.settings
     bad = dict(node, **{"num-partitions": 4})
     ctx = Context(run_id=7, node_id=5, node_config=bad, state=RecordDict(), run_config={"overrides": overrides})
     with pytest.raises(ValueError, match="num-partitions=4 but the run has num_clients=3"):

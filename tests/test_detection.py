@@ -17,6 +17,7 @@ from tasks.common.data import DataError
 from tasks.detection.data import DetectionSet, client_train, site_split
 from tasks.detection.evaluator import mean_average_precision, scores, targets_of
 from tasks.detection.model import build_detector, detection_layout, upload_keys
+from tasks.detection.settings import detection_settings as settings_of
 from tasks.detection.train import batch
 from tasks.ssl.model import build_federated_method
 from tests.conftest import ROOT
@@ -69,11 +70,11 @@ def _ssl_checkpoint(path, cfg, noise_seed=1):
 def test_a_detector_from_an_ssl_checkpoint_holds_its_encoder(tmp_path, make_cfg):
     saved = _ssl_checkpoint(tmp_path / "ssl.pt", make_cfg("strategy=fedu"))
     cfg = make_cfg(*DET, f"detection.backbone_init={tmp_path / 'ssl.pt'}")
-    layout, initial = detection_layout(cfg, {})
+    layout, initial = detection_layout(settings_of(cfg), {})
     got = dict(zip(layout.keys, initial))
     body = [k for k in layout.keys if k.startswith("backbone.body.")]
     assert body and all(np.array_equal(got[k], saved["online.backbone." + k[len("backbone.body."):]]) for k in body)
-    plain_layout, plain = detection_layout(make_cfg(*DET), {})
+    plain_layout, plain = detection_layout(settings_of(make_cfg(*DET)), {})
     random = dict(zip(plain_layout.keys, plain))
     assert not np.array_equal(random[body[0]], got[body[0]])  # not the random init
     head = [k for k in layout.keys if k.startswith("head.")]
@@ -84,10 +85,10 @@ def test_backbone_init_refuses_another_width_and_a_corrupt_file(tmp_path, make_c
     _ssl_checkpoint(tmp_path / "wide.pt", make_cfg("strategy=fedu", "model.width=0.25"))
     with pytest.raises(CheckpointError, match=r"wide.pt: backbone.body.conv1.weight has shape \(16, 3, 3, 3\) in the "
                                               r"checkpoint but \(8, 3, 3, 3\) in this detector; .*model.width"):
-        detection_layout(make_cfg(*DET, f"detection.backbone_init={tmp_path / 'wide.pt'}"), {})
+        detection_layout(settings_of(make_cfg(*DET, f"detection.backbone_init={tmp_path / 'wide.pt'}")), {})
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt is corrupt"):
-        detection_layout(make_cfg(*DET, f"detection.backbone_init={tmp_path / 'bad.pt'}"), {})
+        detection_layout(settings_of(make_cfg(*DET, f"detection.backbone_init={tmp_path / 'bad.pt'}")), {})
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -98,6 +99,7 @@ def test_backbone_init_refuses_another_width_and_a_corrupt_file(tmp_path, make_c
     (["detection.batch_size=100"], "site 0 has 64 training images, fewer than detection.batch_size=100"),
     (["dataset=voc", "detection.evaluate=server"], "dataset.roots lists 0 folders but the federation has 2 sites"),
     (["strategy=fedu"], "dataset=synthetic_detection is of kind detection"),
+    (["strategy=fedpav", "strategy.cdw=true"], "strategy.cdw=true is not for task detection: FedPav's re-ID weighting"),
 ])
 def test_bad_detection_settings_are_refused_before_training(make_cfg, overrides, message):
     with pytest.raises((ConfigError, DataError), match=message):
@@ -106,17 +108,42 @@ def test_bad_detection_settings_are_refused_before_training(make_cfg, overrides,
 
 def test_sites_and_the_centralised_client(make_cfg):
     cfg = make_cfg(*DET)
-    a, b = site_split(cfg, 0, "train"), site_split(cfg, 1, "train")
+    sites = settings_of(cfg).sites
+    a, b = site_split(sites, 0, "train"), site_split(sites, 1, "train")
     assert {int(y) for ys in a.labels for y in ys} != {int(y) for ys in b.labels for y in ys}  # non-IID classes
-    assert len(client_train(cfg, 0)) == 64  # examples_per_client caps a site
-    pooled = client_train(dict(cfg, num_clients=1, centralised_from_clients=2, examples_per_client=128), 0)
+    assert len(client_train(sites, 0)) == 64  # examples_per_client caps a site
+    pooled = client_train(settings_of(dict(cfg, num_clients=1, centralised_from_clients=2, examples_per_client=128)).sites, 0)
     from_a, from_b = {id(x) for x in a.images}, {id(x) for x in b.images}
     assert len(pooled) == 128 and sum(id(x) in from_a for x in pooled.images) == 64
     assert sum(id(x) in from_b for x in pooled.images) == 64
 
 
+
+def test_the_settings_are_built_once_and_reach_the_layout_the_evaluator_and_the_clients(make_cfg):
+    from app.federation import build_client
+
+    cfg = make_cfg(*DET, "strategy.bn=local", "detection.lr=0.02", "model.width=0.125")
+    fed = prepare(cfg, "/nonexistent")
+    s = fed.settings
+    assert (s.training.lr, s.detector.width, s.sites.count, s.bn, s.shared) == (0.02, 0.125, 2, "local", "all")
+    assert s.detector.classes == tuple(f"class{c}" for c in range(1, 11)) and s.sites.classes == s.detector.classes
+    assert fed.strategy.layout.options == {"shared": "all", "bn": "local"}  # sent to the clients in instructions
+    assert fed.strategy.hooks.evaluate.settings is s
+    client = build_client(cfg, 0, None, task=fed.task, settings=s)
+    assert client.settings is s
+
+
+def test_a_centralised_detector_is_scored_by_the_server_not_by_its_one_client(make_cfg):
+    from app.simulation import preflight
+
+    fed = preflight(make_cfg("strategy=centralised", "dataset=synthetic_detection", "num_clients=2"))
+    assert fed.settings.sites.pooled and fed.settings.sites.count == 2
+    with pytest.raises(ConfigError, match="strategy=centralised holds every site's images on one client"):
+        preflight(make_cfg("strategy=centralised", "dataset=synthetic_detection", "num_clients=2",
+                           "detection.evaluate=clients"))
+
 def test_what_travels_whole_detector_backbone_only_or_without_batchnorm(make_cfg):
-    net = build_detector(make_cfg(*DET))
+    net = build_detector(settings_of(make_cfg(*DET)).detector)
     every = list(net.state_dict())
     assert upload_keys(net, {}) == every  # FedVision: the whole detector
     backbone = upload_keys(net, {"shared": "backbone"})
@@ -163,14 +190,14 @@ def test_a_loopback_deployment_whose_supernodes_serve_their_own_detection_folder
                                                                                   make_cfg, capsys):
     from ops.detection_folders import export
     from ops.local_federation import main as local_federation
-    from tasks.detection.data import class_names
+    from tasks.detection.settings import class_names
 
     cfg = make_cfg("dataset=synthetic_detection", "num_clients=2", "dataset.train_images=40", "dataset.test_images=8")
     sites = export(cfg, tmp_path / "sites")  # each SuperNode's own VOC folder; the server reads none
     code = local_federation([
         "--nodes", "2", "--workdir", str(tmp_path / "fed"), "--data-dir", str(data_dir),
         "--local-data", f"0={sites[0]}", "--local-data", f"1={sites[1]}", "--timeout", "900",
-        "experiment=smoke", "strategy=fedavg", "dataset=voc", f"dataset.classes=[{','.join(class_names(cfg))}]",
+        "experiment=smoke", "strategy=fedavg", "dataset=voc", f"dataset.classes=[{','.join(class_names(cfg['dataset']))}]",
         "dataset.min_size=64", "dataset.max_size=64", f"cache_dir={cache_dir}", "wandb.mode=disabled"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -189,10 +216,10 @@ def test_the_server_cannot_score_a_detector_whose_heads_stayed_on_the_sites(make
 
     cfg = make_cfg("strategy=fedpav", "dataset=synthetic_detection", "num_clients=2")
     options = {"shared": "backbone", "bn": "global"}
-    layout, arrays = detection_layout(cfg, options)
+    layout, arrays = detection_layout(settings_of(cfg), options)
     assert layout.evaluated_by == "clients"  # auto: the sites score their own detectors
     with pytest.raises(CheckpointError, match="its heads under partial averaging"):
-        DetectionEvaluator(cfg, layout)(2, {"global": arrays}, final=True)
+        DetectionEvaluator(settings_of(cfg), layout)(2, {"global": arrays}, final=True)
     with pytest.raises(ConfigError, match="detection.evaluate=server cannot score"):
         prepare(make_cfg("strategy=fedpav", "dataset=synthetic_detection", "num_clients=2",
                          "detection.evaluate=server"), "/nonexistent")
@@ -200,9 +227,9 @@ def test_the_server_cannot_score_a_detector_whose_heads_stayed_on_the_sites(make
 
 def test_a_torchvision_backbone_detector_trains_and_predicts(make_cfg):
     cfg = make_cfg(*DET, "detection.backbone=resnet18", "dataset.min_size=64", "dataset.max_size=64")
-    net = build_detector(cfg)
+    net = build_detector(settings_of(cfg).detector)
     assert "backbone.body.layer4.1.conv2.weight" in net.state_dict() and net.transform.image_mean[0] > 0  # ImageNet's
-    data = site_split(cfg, 0, "train").take(range(2))
+    data = site_split(settings_of(cfg).sites, 0, "train").take(range(2))
     images, targets = batch(data, [0, 1], torch.device("cpu"))
     losses = net.train()(images, targets)
     assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}

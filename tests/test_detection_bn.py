@@ -74,12 +74,14 @@ def test_reestimation_leaves_the_given_detector_as_it_was(checkpoint, data_dir, 
     from app.offline import evaluation_setup
     from tasks.detection.data import client_train
     from tasks.detection.evaluator import DetectionEvaluator
+    from tasks.detection.settings import detection_settings
 
     cfg, models, layout, _ = evaluation_setup(["mode=evaluate", f"checkpoint={checkpoint}", f"data_dir={data_dir}",
                                                f"cache_dir={cache_dir}"])
-    net = DetectionEvaluator(cfg, layout).load(models["global"])
+    settings = detection_settings(cfg)
+    net = DetectionEvaluator(settings, layout).load(models["global"])
     before = state(net)
-    new = bn.reestimate_batchnorm(net, client_train(cfg, 0).take(range(16)), torch.device("cpu"), 8)
+    new = bn.reestimate_batchnorm(net, client_train(settings.sites, 0).take(range(16)), torch.device("cpu"), 8)
     assert new is not net and not new.training and not any(m.training for m in new.modules())
     assert all(torch.equal(before[k], v) for k, v in state(net).items())
     assert all(m.momentum is None for m in bn.batchnorms(new))

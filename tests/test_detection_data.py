@@ -131,14 +131,16 @@ def test_synthetic_sites_are_deterministic_and_differ_as_documented():
 
 
 def test_a_synthetic_site_exported_as_voc_reads_back_the_same(tmp_path, make_cfg):
-    from tasks.detection.data import class_names, site_split
+    from tasks.detection.data import site_split
+    from tasks.detection.settings import detection_settings
     from ops.detection_folders import export
 
     cfg = make_cfg("dataset=synthetic_detection", "num_clients=2", "dataset.train_images=12", "dataset.test_images=5")
     site1 = export(cfg, tmp_path)[1]
-    train = site_split(cfg, 1, "train")
-    back = read_voc(site1, "trainval", class_names(cfg))
-    assert len(back) == 12 and len(read_voc(site1, "test", class_names(cfg))) == 5
+    sites = detection_settings(cfg).sites
+    train = site_split(sites, 1, "train")
+    back = read_voc(site1, "trainval", sites.classes)
+    assert len(back) == 12 and len(read_voc(site1, "test", sites.classes)) == 5
     for s, image, boxes, labels in zip(back, train.images, train.boxes, train.labels):
         assert np.array_equal(np.asarray(Image.open(s.image)), image)  # PNG: lossless
         assert np.array_equal(s.boxes, boxes) and np.array_equal(s.labels, labels)

@@ -13,13 +13,19 @@ from app.schema import validate
 from protocol.checks import ConfigError
 from tasks.common.data import DataError
 from tasks.detection.annotations import read_voc
-from tasks.detection.data import site_test
+from tasks.detection.data import site_test as site_test_of
+from tasks.detection.settings import detection_settings
 from tasks.detection.evaluator import mean_average_precision, scores, targets_of
 
 CLASSES = ("dog", "cat")
 # image a: a dog and a difficult dog far apart; image b: a cat and a large difficult cat (0-based x1 y1 x2 y2)
 DOG, HARD_DOG = [2, 2, 22, 22], [40, 40, 60, 60]
 CAT, HARD_CAT = [2, 2, 20, 20], [24, 24, 64, 64]
+
+
+def site_test(cfg, site):
+    """The test split of site `site` as the run builds it (its detection settings)."""
+    return site_test_of(detection_settings(cfg).sites, site)
 
 
 def _object(cls, box, difficult):

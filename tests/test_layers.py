@@ -103,6 +103,36 @@ def test_no_decision_by_a_strategy_or_task_name_outside_the_registry_and_the_str
     assert not found
 
 
+
+def config_reads(source: str) -> list[int]:
+    """Lines of `source` that read a run's config dict: `cfg[...]`, `cfg.get(...)`, `r.cfg...`."""
+    def is_cfg(node) -> bool:
+        return getattr(node, "id", None) == "cfg" or getattr(node, "attr", None) == "cfg"
+
+    found = []
+    for n in ast.walk(ast.parse(source)):
+        if isinstance(n, ast.Subscript) and is_cfg(n.value):
+            found.append(n.lineno)
+        elif isinstance(n, ast.Attribute) and is_cfg(n.value) and n.attr == "get":
+            found.append(n.lineno)
+    return sorted(found)
+
+
+def test_a_task_with_a_typed_section_reads_the_config_in_its_settings_module_only():
+    from app.registry import TASKS
+    from tasks.common.task_row import Task
+
+    default = Task.__dataclass_fields__["settings"].default
+    typed = {name: row for name, row in TASKS.items() if row.settings is not default}
+    assert "detection" in typed
+    assert config_reads('x = cfg["seed"]\ny = r.cfg.get("device")\nz = settings.sites') == [1, 2]
+    for name, row in typed.items():
+        package = ROOT / "tasks" / name
+        home = ROOT / (row.settings.__module__.replace(".", "/") + ".py")
+        found = [f"{p.relative_to(ROOT)}:{i}" for p in sorted(package.rglob("*.py")) if p != home
+                 for i in config_reads(p.read_text())]
+        assert not found, f"task {name} reads the config outside {home.relative_to(ROOT)}: {found}"
+
 # Documents outside the repository that nothing in it may cite (a clone has none of them); the data
 # folder beside the repository (../shared/data) is where the datasets live, and may be named.
 OUTSIDE = re.compile(r"SPEC\.md|SPEC \u00a7|DESIGN\.md|\.\./shared(?!/data\b)|shared/data/[R]EADME")

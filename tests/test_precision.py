@@ -116,11 +116,13 @@ from app.config import compose, to_plain
 from tasks.common.precision import compute_for
 from tasks.detection.data import site_split
 from tasks.detection.model import build_detector
+from tasks.detection.settings import detection_settings
 from tasks.detection.train import batch, prepare
 cfg = to_plain(compose(["experiment=smoke", "dataset=synthetic_detection", "strategy=fedavg", "num_clients=3",
                         "precision=fp32", "channels_last=true", "data_dir={DATA_DIR}"]))
-net = prepare(build_detector(cfg), compute_for(cfg, torch.device("cpu"))).train()
-images, targets = batch(site_split(cfg, 0, "train"), list(range(8)), torch.device("cpu"))
+settings = detection_settings(cfg)
+net = prepare(build_detector(settings.detector), compute_for(cfg, torch.device("cpu"))).train()
+images, targets = batch(site_split(settings.sites, 0, "train"), list(range(8)), torch.device("cpu"))
 sum(net(images, targets).values()).backward()
 print("trained")
 """)

@@ -1,6 +1,6 @@
 """Exporting what a run learned: its evaluated network as safetensors and ONNX (checked against PyTorch).
 
-A task says which part of its model is the one its evaluator uses, in `learned(cfg, layout, arrays)`
+A task says which part of its model is the one its evaluator uses, in `learned(settings, layout, arrays)`
 (tasks/<task>/export.py), as a `Learned`: the module whose weights are written (under our own
 class's key names, so `load_state_dict` on the model the card says how to build takes them), the
 forward that ONNX and mode=embed run, its input, its BatchNorm statistics and real images of the

@@ -7,6 +7,7 @@ task's `local_round(r) -> LocalResult`, and packs the result; everything torch h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ class LocalRound:
     received: the server's weights in the upload layout (empty when it sent none).
     kept: what this client kept from its earlier rounds (None: its first participation).
     info: its notes from earlier rounds (rounds_trained, last_round, FedEMA's lambda, ...).
+    settings: the task's own section (tasks/common/task_row.Task.settings; None: the config itself, the
+        section of a task without a typed one).
+    cfg: the run's config, for what every task's client reads alike (device, precision, seed).
     """
 
     cfg: dict
@@ -37,6 +41,11 @@ class LocalRound:
     received: list[np.ndarray]
     kept: dict[str, torch.Tensor] | None
     info: dict = field(default_factory=dict)
+    settings: Any = None
+
+    def __post_init__(self):
+        if self.settings is None:
+            self.settings = self.cfg
 
     @property
     def server_round(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocol.fields import Metric, Series, TaskMetrics
 from protocol.layout import Layout
@@ -18,41 +19,49 @@ from tasks.common.local import LocalResult, LocalRound
 class Task:
     """A task's row.
 
+    settings(cfg) -> the task's own section of the run's config, built and checked once (the
+        federation carries it; every callable below that takes `settings` gets it, and a client's
+        LocalRound holds it). A task with a typed section (detection: tasks/detection/settings.py)
+        reads nothing else of the config; the others' is still the whole config dict (the default).
     data_kind: the `dataset.kind` it trains on.
-    layout(cfg, options) -> (upload Layout, initial global arrays), built the way clients build it.
+    layout(settings, options) -> (upload Layout, initial global arrays), built the way clients build it.
     local_round: one client's round (tasks/<task>/local.py).
-    evaluator(cfg, layout) -> the strategy's evaluate hook.
-    preflight(cfg): raises what it refuses before training (data, sizes, combinations).
+    evaluator(settings, layout) -> the strategy's evaluate hook.
+    preflight(settings): raises what it refuses before training (data, sizes, combinations).
     metrics: what its evaluations report (console, summary.json, closing line).
     config: the types of its own config keys (protocol.checks specs).
-    layout_options(cfg): the settings that shape its upload (sent to clients in their instructions).
-    server_hooks(cfg): extra torch services for strategies (e.g. distill).
+    refuses: keys of another section (a strategy's) that the task cannot run with when they are set,
+        each with why and what to set instead; refused before anything is built (app/registry.task_of).
+    layout_options(settings): the settings that shape its upload (sent to clients in their instructions).
+    server_hooks(settings): extra torch services for strategies (e.g. distill).
     route: mode=route for a task whose models have sub-networks, else None.
     local_evaluate: a client's scoring of its own model on its own test data, for layouts the
         clients evaluate (Layout.evaluated_by == "clients"), else None.
-    client_fields(cfg): per-client values of its own that the round's console line shows.
-    learned(cfg, layout, arrays) -> the network its evaluator uses, for mode=export, predict and embed
-        (tasks/common/export.Learned); learned_output: what that network gives (features, detections).
-    simulation_preflight(cfg): what a simulation refuses on top of preflight: it reads every client's
-        data itself, where a deployment's SuperNodes may serve their own (local-data).
+    client_fields(settings): per-client values of its own that the round's console line shows.
+    learned(settings, layout, arrays) -> the network its evaluator uses, for mode=export, predict and
+        embed (tasks/common/export.Learned); learned_output: what that network gives (features, detections).
+    simulation_preflight(settings): what a simulation refuses on top of preflight: it reads every
+        client's data itself, where a deployment's SuperNodes may serve their own (local-data).
     """
 
     name: str
     data_kind: str
-    layout: Callable[[dict, dict], tuple[Layout, list]]
+    layout: Callable[[Any, dict], tuple[Layout, list]]
     local_round: Callable[[LocalRound], LocalResult]
-    evaluator: Callable[[dict, Layout], Callable]
-    preflight: Callable[[dict], None]
+    evaluator: Callable[[Any, Layout], Callable]
+    preflight: Callable[[Any], None]
     metrics: TaskMetrics
     config: dict = field(default_factory=dict)
-    layout_options: Callable[[dict], dict] = lambda cfg: {}
-    server_hooks: Callable[[dict], dict] = lambda cfg: {}
+    settings: Callable[[dict], Any] = lambda cfg: cfg
+    refuses: dict[str, str] = field(default_factory=dict)
+    layout_options: Callable[[Any], dict] = lambda settings: {}
+    server_hooks: Callable[[Any], dict] = lambda settings: {}
     route: Callable | None = None
     local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None
-    client_fields: Callable[[dict], tuple] = lambda cfg: ()
+    client_fields: Callable[[Any], tuple] = lambda settings: ()
     learned: Callable | None = None
     learned_output: str | None = None
-    simulation_preflight: Callable[[dict], None] = lambda cfg: None
+    simulation_preflight: Callable[[Any], None] = lambda settings: None
 
 
 # what a representation is scored by (tasks ssl and sdr): kNN and the linear probe, with both BatchNorm readings

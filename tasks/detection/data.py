@@ -11,7 +11,7 @@ client holds every site's training images (each site capped at examples_per_clie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from tasks.common.data import DataError, load_dataset
-from tasks.detection.annotations import VOC_CLASSES, Sample, read_coco, read_voc
+from tasks.detection.annotations import Sample, read_coco, read_voc
+from tasks.detection.settings import DetectionSettings, Sites
 from tasks.detection.synthetic import make_site, site_profile
 
 
@@ -48,20 +49,6 @@ class DetectionSet:
         flags = [d for s in sets for d in s.flags()] if any(s.difficult is not None for s in sets) else None
         return DetectionSet([x for s in sets for x in s.images], [b for s in sets for b in s.boxes],
                             [y for s in sets for y in s.labels], flags)
-
-
-def num_sites(cfg: dict) -> int:
-    """Sites of the federation (under strategy=centralised: those its one client stands for)."""
-    return int(cfg.get("centralised_from_clients") or cfg["num_clients"])
-
-
-def class_names(cfg: dict) -> tuple[str, ...]:
-    d = cfg["dataset"]
-    if d["name"] == "voc" and not d.get("classes"):
-        return VOC_CLASSES
-    if d.get("classes"):
-        return tuple(str(c) for c in d["classes"])
-    return tuple(f"class{c}" for c in range(1, int(d["num_classes"]) + 1))
 
 
 # ---------------------------------------------------------------------------------- synthetic
@@ -102,27 +89,23 @@ def _folder(kind: str, root: str, split: str, classes: tuple[str, ...], max_side
                         difficult if any(d.any() for d in difficult) else None)
 
 
-def site_root(cfg: dict, site: int) -> str:
-    if cfg.get("local_data"):  # a SuperNode serving its own folder
-        return str(Path(str(cfg["local_data"])).expanduser())
-    roots = list(cfg["dataset"].get("roots") or [])
-    if len(roots) != num_sites(cfg):
-        raise DataError(f"dataset.roots lists {len(roots)} folders but the federation has {num_sites(cfg)} sites "
-                        f"(num_clients); give one {cfg['dataset']['name']} folder per site, in partition-id order, "
+def site_root(s: Sites, site: int) -> str:
+    if s.local_data:  # a SuperNode serving its own folder
+        return str(Path(s.local_data).expanduser())
+    if len(s.roots) != s.count:
+        raise DataError(f"dataset.roots lists {len(s.roots)} folders but the federation has {s.count} sites "
+                        f"(num_clients); give one {s.dataset} folder per site, in partition-id order, "
                         f"or serve each SuperNode's own with --node-config local-data=<folder>")
-    return str(Path(str(roots[site])).expanduser())
+    return str(Path(s.roots[site]).expanduser())
 
 
 # ---------------------------------------------------------------------------------- interface
-def site_split(cfg: dict, site: int, split: str) -> DetectionSet:
+def site_split(s: Sites, site: int, split: str) -> DetectionSet:
     """Site `site`'s whole split ("train" or "test")."""
-    d = cfg["dataset"]
-    if d["name"] == "synthetic_detection":
-        key = tuple(sorted((k, v) for k, v in d.items() if not isinstance(v, list)))
-        return _synthetic(key, int(cfg["seed"]), str(cfg["data_dir"]), str(cfg["cache_dir"]), num_sites(cfg), site,
-                          split)
-    folder_split = str(d["train_split"] if split == "train" else d["test_split"])
-    return _folder(str(d["format"]), site_root(cfg, site), folder_split, class_names(cfg), int(d["max_size"]))
+    if s.is_synthetic:
+        return _synthetic(s.synthetic, s.seed, s.data_dir, s.cache_dir, s.count, site, split)
+    folder_split = s.train_split if split == "train" else s.test_split
+    return _folder(s.format, site_root(s, site), folder_split, s.classes, s.max_side)
 
 
 def _capped(data: DetectionSet, limit: int | None, seed: int) -> DetectionSet:
@@ -131,51 +114,48 @@ def _capped(data: DetectionSet, limit: int | None, seed: int) -> DetectionSet:
     return data.take(np.sort(np.random.default_rng(seed).permutation(len(data))[:limit]))
 
 
-def client_train(cfg: dict, pid: int) -> DetectionSet:
+def client_train(s: Sites, pid: int) -> DetectionSet:
     """Client `pid`'s training images: its site's, capped at examples_per_client (seeded); under
-    strategy=centralised every site's."""
-    limit, seed = cfg.get("examples_per_client"), int(cfg["seed"])
-    if cfg.get("centralised_from_clients"):
-        k = int(cfg["centralised_from_clients"])
-        per_site = None if limit is None else int(limit) // k
-        return DetectionSet.joined([_capped(site_split(cfg, s, "train"), per_site, seed + s) for s in range(k)])
-    return _capped(site_split(cfg, pid, "train"), limit, seed + pid)
+    strategy=centralised (`pooled`) every site's."""
+    if s.pooled:
+        per_site = None if s.examples_per_client is None else s.examples_per_client // s.count
+        return DetectionSet.joined([_capped(site_split(s, k, "train"), per_site, s.seed + k) for k in range(s.count)])
+    return _capped(site_split(s, pid, "train"), s.examples_per_client, s.seed + pid)
 
 
-def site_test(cfg: dict, site: int) -> DetectionSet:
+def site_test(s: Sites, site: int) -> DetectionSet:
     """Site `site`'s test images (never trained on), capped at detection.eval_images (seeded). VOC's
     difficult objects stay marked for evaluation to ignore (`detection.voc_difficult=ignore`, the
     VOC protocol's rule) or count as ordinary objects (`include`)."""
-    limit = cfg["detection"].get("eval_images")
-    data = _capped(site_split(cfg, site, "test"), limit, int(cfg["seed"]) + 1000 + site)
-    if cfg["detection"].get("voc_difficult", "ignore") == "include" and data.difficult is not None:
+    data = _capped(site_split(s, site, "test"), s.eval_images, s.seed + 1000 + site)
+    if s.voc_difficult == "include" and data.difficult is not None:
         data = DetectionSet(data.images, data.boxes, data.labels)
     return data
 
 
-def check_simulated_sites(cfg: dict) -> None:
+def check_simulated_sites(s: DetectionSettings) -> None:
     """A simulation reads every site's folder from `dataset.roots` (no SuperNode serves its own):
     a folder dataset without them is refused before anything starts."""
-    d = cfg["dataset"]
-    if d["name"] != "synthetic_detection" and not d.get("roots") and not cfg.get("local_data"):
-        example = ",".join(f"/data/site{k}" for k in range(min(num_sites(cfg), 3))) + (",..." if num_sites(cfg) > 3 else "")
-        raise DataError(f"dataset={d['name']} needs dataset.roots, one folder per site (num_clients={num_sites(cfg)}), "
+    sites = s.sites
+    if not sites.readable() and not sites.local_data:
+        example = ",".join(f"/data/site{k}" for k in range(min(sites.count, 3))) + (",..." if sites.count > 3 else "")
+        raise DataError(f"dataset={sites.dataset} needs dataset.roots, one folder per site (num_clients={sites.count}), "
                         f"e.g. 'dataset.roots=[{example}]': a simulation reads every site's images from them (a "
                         f"deployment's SuperNodes may serve their own with --node-config local-data=<folder>)")
 
 
-def check_detection_data(cfg: dict, sites_evaluate: bool = False) -> None:
+def check_detection_data(s: DetectionSettings, sites_evaluate: bool = False) -> None:
     """Every site's train and test split read and checked before training (bad annotations are
     refused by the readers with the file named), and enough images for a batch. A folder dataset
     without `dataset.roots` whose sites evaluate themselves is a deployment whose SuperNodes serve
     their own folders (local-data): each checks its own at its first round, so nothing is read here."""
-    if sites_evaluate and cfg["dataset"]["name"] != "synthetic_detection" and not cfg["dataset"].get("roots"):
+    if sites_evaluate and not s.sites.readable():
         return
-    bs = int(cfg["detection"]["batch_size"])
-    for site in range(num_sites(cfg)):
-        train = client_train(dict(cfg, centralised_from_clients=None), site)
+    bs, each = s.training.batch_size, replace(s.sites, pooled=False)
+    for site in range(s.sites.count):
+        train = client_train(each, site)
         if len(train) < bs:
             raise DataError(f"site {site} has {len(train)} training images, fewer than detection.batch_size={bs}; "
                             f"lower detection.batch_size or raise examples_per_client")
-        if len(site_test(cfg, site)) == 0:
+        if len(site_test(s.sites, site)) == 0:
             raise DataError(f"site {site} has no test images to evaluate on")

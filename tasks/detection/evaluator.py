@@ -21,9 +21,10 @@ from protocol.layout import Layout
 from tasks.common.arrays import set_arrays
 from tasks.common.checkpoint import CheckpointError
 from tasks.common.training import resolve_device
-from tasks.detection.data import DetectionSet, num_sites, site_test
+from tasks.detection.data import DetectionSet, site_test
 from tasks.detection.metric import METRICS, DetectionMAP
 from tasks.detection.model import build_detector, sites_keep_parts, upload_keys
+from tasks.detection.settings import DetectionSettings
 from tasks.detection.train import predict
 
 
@@ -56,14 +57,14 @@ def site_scores(net, data: DetectionSet, device: torch.device, batch_size: int) 
 
 
 class DetectionEvaluator:
-    def __init__(self, cfg: dict, layout: Layout):
-        self.cfg = cfg
+    def __init__(self, settings: DetectionSettings, layout: Layout):
+        self.settings = settings
         self.options = dict(layout.options)
         self._sets: dict[int, DetectionSet] = {}
 
     def test_set(self, site: int) -> DetectionSet:
         if site not in self._sets:
-            self._sets[site] = site_test(self.cfg, site)
+            self._sets[site] = site_test(self.settings.sites, site)
         return self._sets[site]
 
     def load(self, arrays: list[np.ndarray]):
@@ -71,14 +72,14 @@ class DetectionEvaluator:
             raise CheckpointError("parts of this detector stayed on the sites (its heads under partial averaging, or "
                              "its BatchNorm under strategy.bn=local), so the server cannot score it; the sites' own "
                              "scores of each evaluated round are in the run's summary.json (detection, per_client)")
-        net = build_detector(self.cfg)
+        net = build_detector(self.settings.detector)
         set_arrays(net, upload_keys(net, self.options), arrays)
         return net
 
     def __call__(self, server_round: int, models: dict[str, list[np.ndarray]], final: bool) -> dict:
-        device = resolve_device(str(self.cfg["device"]))
-        bs = int(self.cfg["detection"]["eval_batch_size"])
-        sites = range(num_sites(self.cfg))
+        device = resolve_device(self.settings.device)
+        bs = self.settings.eval_batch_size
+        sites = range(self.settings.sites.count)
         if list(models) == ["global"]:
             net = self.load(models["global"])
             nets = {site: net for site in sites}

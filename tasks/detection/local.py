@@ -20,7 +20,7 @@ from tasks.detection.train import train_local
 
 def _site_model(r: LocalRound):
     """The detector this site works with: its kept parts with the server's weights in place."""
-    net = build_detector(r.cfg)
+    net = build_detector(r.settings.detector)
     keys = upload_keys(net, r.instructions.layout_options)
     r.check_layout(net, keys)
     r.restore(net)
@@ -32,17 +32,17 @@ def _site_model(r: LocalRound):
 def local_evaluate(r: LocalRound) -> tuple[int, dict]:
     """(test images, COCO figures) of the site's model on its own test split (evaluate=clients)."""
     net, _ = _site_model(r)
-    data = site_test(r.cfg, r.partition_id)
-    figures, _ = site_scores(net, data, r.device(), int(r.cfg["detection"]["eval_batch_size"]))
+    data = site_test(r.settings.sites, r.partition_id)
+    figures, _ = site_scores(net, data, r.device(), r.settings.eval_batch_size)
     return len(data), figures
 
 
 def local_round(r: LocalRound) -> LocalResult:
-    cfg, ins, d = r.cfg, r.instructions, r.cfg["detection"]
+    ins, t = r.instructions, r.settings.training
     net, keys = _site_model(r)
-    data = client_train(cfg, r.partition_id)
-    lr = round_lr(float(d["lr"]), r.server_round, int(cfg["num_rounds"]), str(d["lr_schedule"]))
-    stats = train_local(net, data, d, lr, r.compute(), r.generator(), r.who)
+    data = client_train(r.settings.sites, r.partition_id)
+    lr = round_lr(t.lr, r.server_round, t.num_rounds, t.lr_schedule)
+    stats = train_local(net, data, t, lr, r.compute(), r.generator(), r.who)
     keep = list(net.state_dict()) if ins.keep_everything else [k for k in net.state_dict() if k not in set(keys)]
     metrics = {**stats, "lr": lr, "objects": int(sum(len(y) for y in data.labels))}
     return LocalResult(get_arrays(net, keys), len(data), metrics, kept_state(net.cpu(), keep))

@@ -34,7 +34,7 @@ from protocol.layout import Layout
 from tasks.common.checkpoint import CheckpointError, checkpoint_models, load_checkpoint
 from tasks.common.arrays import batchnorm_keys, get_arrays, module_layout
 from tasks.common.models import CifarResNet, build_backbone
-from tasks.detection.data import class_names
+from tasks.detection.settings import DetectionSettings, Detector
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50")
 BACKBONES = ("project", *TORCHVISION_BACKBONES)
@@ -59,18 +59,13 @@ class ProjectBackboneFPN(nn.Module):
         return self.fpn(OrderedDict([("0", c2), ("1", c3), ("2", c4)]))
 
 
-def num_classes(cfg: dict) -> int:
-    """Object classes of the run's dataset (labels 1..C; FCOS gets C + 1 outputs, 0 = background)."""
-    return len(class_names(cfg))
-
-
-def build_detector(cfg: dict) -> FCOS:
-    """The same initial detector on every node (seeded by `seed`)."""
-    torch.manual_seed(int(cfg["seed"]))
-    d = cfg["detection"]
-    name, channels = str(d["backbone"]), int(d["fpn_channels"])
+def build_detector(d: Detector) -> FCOS:
+    """The same initial detector on every node (seeded by the run's `seed`); labels 1..C, so FCOS
+    gets C + 1 outputs (0 = background)."""
+    torch.manual_seed(d.seed)
+    name, channels = d.backbone, d.fpn_channels
     if name == "project":
-        backbone = ProjectBackboneFPN(build_backbone(cfg["model"]["arch"], float(cfg["model"]["width"])), channels)
+        backbone = ProjectBackboneFPN(build_backbone(d.arch, d.width), channels)
         strides, (mean, std) = (2, 4, 8), ([0.0] * 3, [1.0] * 3)
     elif name in TORCHVISION_BACKBONES:
         expansion = 4 if name == "resnet50" else 1
@@ -82,12 +77,10 @@ def build_detector(cfg: dict) -> FCOS:
         raise ValueError(f"detection.backbone must be one of {', '.join(BACKBONES)}, got {name!r}")
     # one anchor point per location, of the level's stride: FCOS sizes its levels' object ranges by it
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    head = FCOSHead(channels, 1, num_classes(cfg) + 1, num_convs=int(d["head_convs"]))
-    size = cfg["dataset"]
-    return FCOS(backbone, num_classes(cfg) + 1, min_size=int(size["min_size"]), max_size=int(size["max_size"]),
+    head = FCOSHead(channels, 1, d.num_classes + 1, num_convs=d.head_convs)
+    return FCOS(backbone, d.num_classes + 1, min_size=d.min_size, max_size=d.max_size,
                 image_mean=mean, image_std=std, anchor_generator=anchors, head=head,
-                score_thresh=float(d["score_thresh"]), nms_thresh=float(d["nms_thresh"]),
-                detections_per_img=int(d["detections_per_image"]))
+                score_thresh=d.score_thresh, nms_thresh=d.nms_thresh, detections_per_img=d.detections_per_image)
 
 
 def upload_keys(net: FCOS, options: dict) -> list[str]:
@@ -106,33 +99,23 @@ def sites_keep_parts(options: dict) -> bool:
     return options.get("shared", "all") != "all" or options.get("bn", "global") == "local"
 
 
-def evaluated_by(cfg: dict, options: dict) -> str:
+def evaluated_by(s: DetectionSettings, options: dict) -> str:
     """detection.evaluate; auto = the server when it holds the whole detector and can read every
     site's test split (the synthetic set, or `dataset.roots`), else the sites themselves (partial
     averaging, local BatchNorm; a deployment whose SuperNodes serve their own folders)."""
-    asked = str(cfg["detection"]["evaluate"])
-    if asked != "auto":
-        return asked
-    data = cfg["dataset"]
-    readable = data["name"] == "synthetic_detection" or bool(data.get("roots"))
-    return "server" if readable and not sites_keep_parts(options) else "clients"
+    if s.evaluate != "auto":
+        return s.evaluate
+    return "server" if s.sites.readable() and not sites_keep_parts(options) else "clients"
 
 
-def detection_options(cfg: dict) -> dict:
-    """The settings that shape the upload: `strategy.share` (fedpav: backbone; else all) and
-    `strategy.bn` (global, or local: FedBN)."""
-    return {"shared": str(cfg["strategy"].get("share", "all")), "bn": str(cfg["strategy"].get("bn", "global"))}
-
-
-def detection_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
+def detection_layout(s: DetectionSettings, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """The upload layout and the initial global detector (with `detection.backbone_init`'s encoder:
     only the server reads that checkpoint; clients receive the weights in round 1)."""
-    net = build_detector(cfg)
-    source = str(cfg["detection"]["backbone_init"])
-    if source != "random":
-        init_from_ssl_checkpoint(net, source)
+    net = build_detector(s.detector)
+    if s.detector.backbone_init != "random":
+        init_from_ssl_checkpoint(net, s.detector.backbone_init)
     keys = upload_keys(net, options)
-    return (module_layout(net, keys, options=dict(options), evaluated_by=evaluated_by(cfg, options)),
+    return (module_layout(net, keys, options=dict(options), evaluated_by=evaluated_by(s, options)),
             get_arrays(net, keys))
 
 
@@ -186,35 +169,13 @@ def init_from_ssl_checkpoint(net: FCOS, path: str) -> str:
     return name
 
 
-def check_detection_config(cfg: dict) -> None:
-    """What the detection settings refuse before anything is built (ConfigError naming the key)."""
-    d, data = cfg["detection"], cfg["dataset"]
-    if int(d["fpn_channels"]) % 32:
-        raise ConfigError(f"detection.fpn_channels must be a multiple of 32 (FCOS's head normalises in 32 groups), "
-                          f"got {d['fpn_channels']}")
-    if data.get("format") == "coco" and not data.get("classes"):
-        raise ConfigError("dataset.classes is required for dataset=coco_folders: the run's class names, e.g. "
-                          "'dataset.classes=[car,person]' (each site's categories are matched to them by name)")
-    if data.get("num_classes") is not None and data.get("classes") and int(data["num_classes"]) != len(data["classes"]):
-        raise ConfigError(f"dataset.num_classes={data['num_classes']} but dataset.classes lists {len(data['classes'])} "
-                          f"names; leave dataset.num_classes=null (it follows the list)")
-    if data["name"] == "synthetic_detection":
-        if not int(data["min_object"]) <= int(data["max_object"]) <= int(data["canvas"]):
-            raise ConfigError(f"dataset.min_object <= dataset.max_object <= dataset.canvas is needed, got "
-                              f"{data['min_object']}, {data['max_object']}, {data['canvas']}")
-        if int(data["classes_per_site"]) > int(data["num_classes"]):
-            raise ConfigError(f"dataset.classes_per_site={data['classes_per_site']} exceeds dataset.num_classes="
-                              f"{data['num_classes']}")
-    options = detection_options(cfg)
-    evaluation = evaluated_by(cfg, options)
+def check_detection_config(s: DetectionSettings) -> None:
+    """What the task refuses of how it is evaluated (ConfigError naming the key); the keys' own
+    contradictions were refused when the settings were built (tasks/detection/settings.py)."""
+    options = s.layout_options()
+    evaluation = evaluated_by(s, options)
     if sites_keep_parts(options) and evaluation == "server":
         raise ConfigError("detection.evaluate=server cannot score a detector whose heads (strategy=fedpav) or "
                           "BatchNorm (strategy.bn=local) stay on the sites; use detection.evaluate=auto")
-    if evaluation == "clients" and cfg["strategy"].get("pool_clients"):
+    if evaluation == "clients" and s.sites.pooled:
         raise ConfigError("strategy=centralised holds every site's images on one client; use detection.evaluate=auto")
-    if cfg["strategy"].get("cdw"):
-        raise ConfigError("strategy.cdw=true is FedPav's re-ID weighting (classifier outputs before and after "
-                          "training); detection under strategy=fedpav averages by images: set strategy.cdw=false")
-    if str(d["backbone_init"]) != "random" and d["backbone"] != "project":
-        raise ConfigError(f"detection.backbone_init loads an SSL encoder of this project's backbone; it needs "
-                          f"detection.backbone=project, got {d['backbone']!r}")

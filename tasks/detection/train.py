@@ -19,6 +19,7 @@ from torchvision.models.detection import FCOS
 from tasks.common.precision import Compute
 from tasks.common.training import sgd_step
 from tasks.detection.data import DetectionSet
+from tasks.detection.settings import Training
 
 
 def prepare(net: FCOS, compute: Compute) -> FCOS:
@@ -48,22 +49,22 @@ def batch(data: DetectionSet, idx, device: torch.device, flips: torch.Tensor | N
     return images, targets
 
 
-def train_local(net: FCOS, data: DetectionSet, d: dict, lr: float, compute: Compute, generator: torch.Generator,
+def train_local(net: FCOS, data: DetectionSet, t: Training, lr: float, compute: Compute, generator: torch.Generator,
                 who: str) -> dict:
     """`detection.local_epochs` epochs of the detector's losses on the site's images; the last
     incomplete batch is dropped (a site smaller than a batch trains on one batch of all it has)."""
     prepare(net, compute).train()
     scaler = compute.scaler()
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=float(d["momentum"]), weight_decay=float(d["weight_decay"]))
-    bs = min(int(d["batch_size"]), len(data))
+    opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    bs = min(t.batch_size, len(data))
     parts: dict[str, list[float]] = {}
     losses, seen, t0 = [], 0, time.perf_counter()
-    for epoch in range(int(d["local_epochs"])):
+    for epoch in range(t.local_epochs):
         order = torch.randperm(len(data), generator=generator).numpy()
         for step, i in enumerate(range(0, len(order) - bs + 1, bs)):
             idx = np.sort(order[i:i + bs])
-            flips = torch.rand(len(idx), generator=generator) < 0.5 if d["flip"] else None
+            flips = torch.rand(len(idx), generator=generator) < 0.5 if t.flip else None
             images, targets = batch(data, idx, compute.device, flips)
             with compute.step():
                 terms = net(images, targets)
