@@ -152,8 +152,9 @@ def test_fedpav_and_sdr_export_the_network_their_evaluators_use(tmp_path, data_d
     state = load_file(str(ckpt.parent / "encoder.safetensors"))
     if rebuild == "reid":
         from tasks.reid.model import build_reid_net
+        from tasks.reid.settings import reid_settings
 
-        net = build_reid_net(card["config"])
+        net = build_reid_net(reid_settings(card["config"]).network)
         assert card["output"]["feature_dim"] == card["config"]["reid"]["embedding_dim"]
     else:
         from tasks.sdr.model import build_sdr_model

@@ -20,10 +20,16 @@ from tasks.reid.data import client_eval, client_train, num_identities, parse_mar
 from tasks.reid.distill import distill, distillation_target
 from tasks.reid.model import build_reid_net, classifier_keys, embeddings
 from tasks.reid.retrieval import retrieval_metrics
+from tasks.reid.settings import reid_settings
 from tasks.reid.train import cosine_distance_weight
 from tests.test_end_to_end import run_main
 from tests.test_strategy import FakeProxy, result
 
+
+
+def net_of(cfg):
+    """The shared part of the re-ID model the run's config builds (no classifier)."""
+    return build_reid_net(reid_settings(cfg).network)
 
 def _at(*degrees):
     return torch.tensor([[math.cos(math.radians(d)), math.sin(math.radians(d))] for d in degrees])
@@ -72,16 +78,17 @@ def test_market1501_names_are_parsed_and_junk_and_distractors_handled(tmp_path, 
     assert x.shape == (1, 32, 16, 3) and ids.tolist() == [3] and cams.tolist() == [1]
     cfg = make_cfg("strategy=fedpav", "dataset=reid_folders", "num_clients=1", f"dataset.roots=[{root}]",
                    "dataset.image_size=[32,16]")
-    assert num_identities(cfg, 0) == 2  # 0002 and 0007; junk and distractors are never trained on
-    x, y = client_train(cfg, 0)
+    ids = reid_settings(cfg).identities
+    assert num_identities(ids, 0) == 2  # 0002 and 0007; junk and distractors are never trained on
+    x, y = client_train(ids, 0)
     assert len(x) == 3 and y.tolist() == [0, 0, 1]
-    ev = client_eval(cfg, 0)
+    ev = client_eval(ids, 0)
     assert ev.gallery_ids.tolist() == [-1, 0, 3] and ev.gallery_cams.tolist() == [2, 1, 2]
     (root / "query" / "query_notes.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="do not follow <id>_c<camera>"):
         read_market_split(str(root / "query"), (8, 8))
     with pytest.raises(DataError, match="dataset.roots lists 1 folders but num_clients=2"):
-        client_train(dict(cfg, num_clients=2), 0)
+        client_train(reid_settings(dict(cfg, num_clients=2)).identities, 0)
 
 
 def test_fedpav_runs_on_market1501_folders_one_per_client(tmp_path, data_dir, cache_dir):
@@ -122,17 +129,18 @@ def test_the_classifier_never_leaves_the_client_and_survives_rounds(make_cfg, mo
     config = {"server_round": 1, "layout": layout.fingerprint, "replace": True, "cdw": True}
     arrays, n, metrics = client.fit(initial, config)
     assert [a.shape for a in arrays] == [tuple(s) for s in layout.shapes]  # the shared part only
-    assert metrics["num_identities"] == num_identities(cfg, 1) and 0 <= metrics["cdw"] <= 2
+    settings = reid_settings(cfg)
+    assert metrics["num_identities"] == num_identities(settings.identities, 1) and 0 <= metrics["cdw"] <= 2
     kept = state["fedssl.local_weights"].to_torch_state_dict()
     assert sorted(kept) == ["classifier.bias", "classifier.weight"]
-    assert kept["classifier.weight"].shape == (num_identities(cfg, 1), int(cfg["reid"]["embedding_dim"]))
+    assert kept["classifier.weight"].shape == (num_identities(settings.identities, 1), int(cfg["reid"]["embedding_dim"]))
     trained = kept["classifier.weight"].clone()
     assert not torch.equal(trained, seen[0])  # it trained
     other = [a + 0.01 for a in arrays]  # a new global model arrives ...
     build_client(cfg, 1, state).fit(other, dict(config, server_round=2))
     assert torch.equal(seen[1], trained)  # ... and the client re-attaches its own classifier to it
     # another client has its own classifier size and initialisation
-    other_net = build_reid_net(cfg, num_identities(cfg, 2), 2)
+    other_net = build_reid_net(settings.network, num_identities(settings.identities, 2), 2)
     assert classifier_keys(other_net) == ["classifier.weight", "classifier.bias"]
 
 
@@ -172,7 +180,7 @@ def test_distillation_target_is_the_mean_of_normalised_teacher_embeddings(make_c
     t = distillation_target([torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 2.0]])])
     assert torch.allclose(t, torch.tensor([[0.3, 0.9]]))  # mean of (0.6, 0.8) and (0, 1)
     cfg = make_cfg("strategy=fedpav", "dataset=cifar100_reid", "reid.kd_lr=0.05", "reid.kd_batch_size=16")
-    student, teachers = build_reid_net(cfg), [build_reid_net(dict(cfg, seed=seed)) for seed in (1, 2)]
+    student, teachers = net_of(cfg), [net_of(dict(cfg, seed=seed)) for seed in (1, 2)]
     public = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     cpu = torch.device("cpu")
     target = distillation_target([embeddings(t, public, cpu, flip=False) for t in teachers])
@@ -182,7 +190,7 @@ def test_distillation_target_is_the_mean_of_normalised_teacher_embeddings(make_c
 
     before = gap()
     for _ in range(5):
-        distill(student, teachers, public, cfg["reid"], cpu, torch.Generator().manual_seed(0))
+        distill(student, teachers, public, reid_settings(cfg).distillation, cpu, torch.Generator().manual_seed(0))
     assert gap() < 0.95 * before  # the student moved towards the teachers' mean embedding
 
 
@@ -239,7 +247,7 @@ def test_dropout_masks_follow_the_client_round_stream_not_the_reseeded_global_ge
     x = torch.ones(16, int(cfg["reid"]["embedding_dim"]))
 
     def mask(server_round, pid=1):
-        net = build_reid_net(cfg).train()  # re-seeds the global generator, as every fit does
+        net = net_of(cfg).train()  # re-seeds the global generator, as every fit does
         net.use_generator(client_generator(int(cfg["seed"]), server_round, pid))
         return net.embedding[2](x)
 
@@ -257,8 +265,8 @@ def test_the_spec_form_of_distillation_trains_the_raw_embedding(make_cfg):
     for form in ("spec", "normalised"):
         cfg = make_cfg("strategy=fedpav", "dataset=cifar100_reid", "reid.kd_lr=0.05", "reid.kd_batch_size=16",
                        f"reid.kd_form={form}")
-        student, teachers = build_reid_net(cfg), [build_reid_net(dict(cfg, seed=seed)) for seed in (1, 2)]
-        losses[form] = [distill(student, teachers, public, cfg["reid"], torch.device("cpu"),
+        student, teachers = net_of(cfg), [net_of(dict(cfg, seed=seed)) for seed in (1, 2)]
+        losses[form] = [distill(student, teachers, public, reid_settings(cfg).distillation, torch.device("cpu"),
                                 torch.Generator().manual_seed(0)) for _ in range(4)]
         assert losses[form][-1] < losses[form][0]
     assert losses["spec"][0] > 10 * losses["normalised"][0]

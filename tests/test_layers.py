@@ -124,7 +124,7 @@ def test_a_task_with_a_typed_section_reads_the_config_in_its_settings_module_onl
 
     default = Task.__dataclass_fields__["settings"].default
     typed = {name: row for name, row in TASKS.items() if row.settings is not default}
-    assert "detection" in typed
+    assert {"detection", "reid"} <= set(typed)
     assert config_reads('x = cfg["seed"]\ny = r.cfg.get("device")\nz = settings.sites') == [1, 2]
     for name, row in typed.items():
         package = ROOT / "tasks" / name

@@ -30,6 +30,7 @@ import numpy as np
 from tasks.common.data import DataError, load_dataset, take_rows
 from tasks.common.local_data import image_files, read_image_files
 from tasks.reid.retrieval import JUNK_ID
+from tasks.reid.settings import Identities, ReIDSettings
 
 MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)")
 
@@ -86,11 +87,9 @@ def proxy_plan(num_clients: int, num_classes: int, public: int, eval_fraction: f
     return ProxyPlan(train, evaluation, public_classes)
 
 
-def _proxy(cfg: dict):
-    d = cfg["dataset"]
-    ds = load_dataset(str(d["source"]), str(cfg["data_dir"]), str(cfg["cache_dir"]), bool(cfg["data_download"]))
-    plan = proxy_plan(int(cfg["num_clients"]), ds.num_classes, int(d["public_classes"]), float(d["eval_fraction"]),
-                      float(d["size_ratio"]), int(cfg["seed"]))
+def _proxy(d: Identities):
+    ds = load_dataset(d.source, d.data_dir, d.cache_dir, d.download)
+    plan = proxy_plan(d.num_clients, ds.num_classes, d.public_classes, d.eval_fraction, d.size_ratio, d.seed)
     return ds, plan
 
 
@@ -130,96 +129,88 @@ def read_market_split(folder: str, size: tuple[int, int]) -> tuple[np.ndarray, n
     return read_image_files(files, size), ids, cams
 
 
-def _size(cfg: dict) -> tuple[int, int]:
-    h, w = cfg["dataset"].get("image_size") or (128, 64)
-    return int(h), int(w)
-
-
-def _root(cfg: dict, pid: int) -> Path:
-    roots = list(cfg["dataset"].get("roots") or [])
-    if cfg.get("local_data"):  # a SuperNode serving its own re-ID data set
-        return Path(str(cfg["local_data"]))
-    if len(roots) != int(cfg["num_clients"]):
-        raise DataError(f"dataset.roots lists {len(roots)} folders but num_clients={cfg['num_clients']}; "
+def _root(d: Identities, pid: int) -> Path:
+    if d.local_data:  # a SuperNode serving its own re-ID data set
+        return Path(d.local_data)
+    if len(d.roots) != d.num_clients:
+        raise DataError(f"dataset.roots lists {len(d.roots)} folders but num_clients={d.num_clients}; "
                         f"give one Market-1501 style folder per client")
-    return Path(str(roots[pid])).expanduser()
+    return Path(d.roots[pid]).expanduser()
 
 
 # ---------------------------------------------------------------- the interface
-def num_identities(cfg: dict, pid: int) -> int:
+def num_identities(d: Identities, pid: int) -> int:
     """Size of client `pid`'s classifier."""
-    if cfg["dataset"]["name"] == "cifar100_reid":
-        return len(_proxy(cfg)[1].train_classes[pid])
-    _, ids, _ = read_market_split(str(_root(cfg, pid) / "bounding_box_train"), _size(cfg))
+    if d.is_proxy:
+        return len(_proxy(d)[1].train_classes[pid])
+    _, ids, _ = read_market_split(str(_root(d, pid) / "bounding_box_train"), d.image_size)
     return len(np.unique(ids[ids > JUNK_ID]))
 
 
-
-def client_train(cfg: dict, pid: int) -> tuple[np.ndarray, np.ndarray]:
+def client_train(d: Identities, pid: int) -> tuple[np.ndarray, np.ndarray]:
     """A client's training images and its local identity labels 0..n_k-1."""
-    limit, seed = cfg.get("examples_per_client"), int(cfg["seed"]) + pid
-    if cfg["dataset"]["name"] == "cifar100_reid":
-        ds, plan = _proxy(cfg)
+    limit, seed = d.examples_per_client, d.seed + pid
+    if d.is_proxy:
+        ds, plan = _proxy(d)
         classes = plan.train_classes[pid]
         labels = np.asarray(ds.y_train)
         idx = _limit(_rows_of(labels, classes), limit, seed)
         return take_rows(ds.x_train, idx), np.searchsorted(classes, labels[idx])
-    x, ids, _ = read_market_split(str(_root(cfg, pid) / "bounding_box_train"), _size(cfg))
+    x, ids, _ = read_market_split(str(_root(d, pid) / "bounding_box_train"), d.image_size)
     rows = _limit(np.flatnonzero(ids > JUNK_ID), limit, seed)  # no junk or distractors in training
     identities = np.unique(ids[ids > JUNK_ID])
     return x[rows], np.searchsorted(identities, ids[rows])
 
 
-def client_eval(cfg: dict, pid: int) -> EvalSet:
+def client_eval(d: Identities, pid: int) -> EvalSet:
     """Query and gallery of client `pid`'s evaluation identities (never trained on)."""
-    if cfg["dataset"]["name"] == "cifar100_reid":
-        ds, plan = _proxy(cfg)
+    if d.is_proxy:
+        ds, plan = _proxy(d)
         labels = np.asarray(ds.y_test)
-        q_per_id = int(cfg["dataset"]["query_per_id"])
+        q_per_id = d.query_per_id
         query, gallery = [], []
         for c in plan.eval_classes[pid]:
-            rows = np.random.default_rng([int(cfg["seed"]), 7, int(c)]).permutation(np.flatnonzero(labels == c))
+            rows = np.random.default_rng([d.seed, 7, int(c)]).permutation(np.flatnonzero(labels == c))
             query.append(rows[:q_per_id])
             gallery.append(rows[q_per_id:])
         q, g = np.sort(np.concatenate(query)), np.sort(np.concatenate(gallery))
         unknown = np.full(len(q), -1), np.full(len(g), -1)
         return EvalSet(take_rows(ds.x_test, q), labels[q], unknown[0], take_rows(ds.x_test, g), labels[g], unknown[1])
-    root, size = _root(cfg, pid), _size(cfg)
+    root, size = _root(d, pid), d.image_size
     qx, qi, qc = read_market_split(str(root / "query"), size)
     gx, gi, gc = read_market_split(str(root / "bounding_box_test"), size)
     return EvalSet(qx, qi, qc, gx, gi, gc)
 
 
-def public_images(cfg: dict) -> np.ndarray:
-    """The server's unlabeled public set for distillation (from classes / data no client trains on)."""
-    d = cfg["dataset"]
-    limit = cfg["reid"].get("kd_public_size")
-    if d["name"] == "cifar100_reid":
-        ds, plan = _proxy(cfg)
-        idx = _limit(_rows_of(np.asarray(ds.y_train), plan.public_classes), limit, int(cfg["seed"]) + 11)
+def public_images(d: Identities, limit: int | None) -> np.ndarray:
+    """The server's unlabeled public set for distillation (from classes / data no client trains on),
+    at most `limit` images (reid.kd_public_size; None: all)."""
+    if d.is_proxy:
+        ds, plan = _proxy(d)
+        idx = _limit(_rows_of(np.asarray(ds.y_train), plan.public_classes), limit, d.seed + 11)
         return take_rows(ds.x_train, idx)
-    root = d.get("public_root")
-    if not root:
+    if not d.public_root:
         raise DataError("strategy.kd=true needs an unlabeled public set: set dataset.public_root=<folder of images>")
-    files = image_files(Path(str(root)).expanduser())
+    files = image_files(Path(d.public_root).expanduser())
     if not files:
-        raise DataError(f"dataset.public_root {root}: no images found")
-    files = [files[i] for i in _limit(np.arange(len(files)), limit, int(cfg["seed"]) + 11)]
-    return read_image_files(files, _size(cfg))
+        raise DataError(f"dataset.public_root {d.public_root}: no images found")
+    files = [files[i] for i in _limit(np.arange(len(files)), limit, d.seed + 11)]
+    return read_image_files(files, d.image_size)
 
 
-def check_reid_data(cfg: dict, needs_public: bool) -> None:
-    """Everything a run will read, checked before training starts (DataError with the fix);
-    `needs_public`: the server distils, so its public set must be there too."""
-    for pid in range(int(cfg["num_clients"])):
-        if cfg["dataset"]["name"] != "cifar100_reid":
-            _root(cfg, pid)
-        n = num_identities(cfg, pid)
+def check_reid_data(s: ReIDSettings) -> None:
+    """Everything a run will read, checked before training starts (DataError with the fix); when the
+    server distils (strategy.kd), its public set too."""
+    d, bs = s.identities, s.training.batch_size
+    for pid in range(d.num_clients):
+        if not d.is_proxy:
+            _root(d, pid)
+        n = num_identities(d, pid)
         if n < 2:
             raise DataError(f"client {pid} has {n} training identities; re-ID training needs at least 2")
-        images = len(client_train(cfg, pid)[0])
-        if images < int(cfg["reid"]["batch_size"]):
+        images = len(client_train(d, pid)[0])
+        if images < bs:
             raise DataError(f"client {pid} has {images} training images, fewer than reid.batch_size="
-                            f"{cfg['reid']['batch_size']}; lower reid.batch_size or raise examples_per_client")
-    if needs_public:
-        public_images(cfg)
+                            f"{bs}; lower reid.batch_size or raise examples_per_client")
+    if s.distillation.enabled:
+        public_images(d, s.distillation.public_size)

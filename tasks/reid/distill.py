@@ -22,6 +22,7 @@ from tasks.common.augment import to_float
 from tasks.common.training import client_generator, resolve_device
 from tasks.reid.data import public_images
 from tasks.reid.model import ReIDNet, build_reid_net, embeddings, shared_keys
+from tasks.reid.settings import Distillation, ReIDSettings
 
 SERVER_STREAM = 1_000_000  # the server's own random stream (clients use their partition ids)
 
@@ -31,19 +32,19 @@ def distillation_target(teacher_embeddings: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([F.normalize(t.float(), dim=1) for t in teacher_embeddings]).mean(0)
 
 
-def distill(student: ReIDNet, teachers: list[ReIDNet], public: np.ndarray, r: dict, device: torch.device,
+def distill(student: ReIDNet, teachers: list[ReIDNet], public: np.ndarray, d: Distillation, device: torch.device,
             generator: torch.Generator) -> float:
     """One pass over the public set towards t(x); returns the mean distillation loss.
 
     Teachers are in eval mode; the student trains at reid.kd_lr in the form `reid.kd_form`, its
     dropout drawing from `generator`, like its batch order.
     """
-    bs, form = int(r["kd_batch_size"]), str(r.get("kd_form", "normalised"))
+    bs, form = d.batch_size, d.form
     target = distillation_target([embeddings(t, public, device, bs, flip=False) for t in teachers])
     student.to(device).train()
     student.use_generator(generator)
-    momentum = float(r["momentum"]) if form == "normalised" else 0.0
-    opt = torch.optim.SGD(student.parameters(), lr=float(r["kd_lr"]), momentum=momentum)
+    momentum = d.momentum if form == "normalised" else 0.0
+    opt = torch.optim.SGD(student.parameters(), lr=d.lr, momentum=momentum)
     order = torch.randperm(len(public), generator=generator).numpy()
     losses = []
     for i in range(0, len(order), bs):
@@ -60,24 +61,24 @@ def distill(student: ReIDNet, teachers: list[ReIDNet], public: np.ndarray, r: di
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def make_distill(cfg: dict):
+def make_distill(s: ReIDSettings):
     """The strategy's distill hook, NumPy in and NumPy out (convention 2, docs/architecture.md#conventions-and-where-they-come-from); the public set is
     read on first use."""
     public = {}
 
     def distill_hook(student_arrays, teachers, server_round):
         if "x" not in public:
-            public["x"] = public_images(cfg)
-        student = build_reid_net(cfg)
+            public["x"] = public_images(s.identities, s.distillation.public_size)
+        student = build_reid_net(s.network)
         keys = shared_keys(student)
         set_arrays(student, keys, student_arrays)
         nets = []
         for arrays in teachers:
-            net = build_reid_net(cfg)
+            net = build_reid_net(s.network)
             set_arrays(net, keys, arrays)
             nets.append(net)
-        loss = distill(student, nets, public["x"], cfg["reid"], resolve_device(str(cfg["device"])),
-                       client_generator(int(cfg["seed"]), server_round, SERVER_STREAM))
+        loss = distill(student, nets, public["x"], s.distillation, resolve_device(s.device),
+                       client_generator(s.network.seed, server_round, SERVER_STREAM))
         return get_arrays(student, keys), loss
 
     return distill_hook

@@ -17,36 +17,37 @@ from tasks.common.training import resolve_device
 from tasks.reid.data import client_eval
 from tasks.reid.model import build_reid_net, embeddings, shared_keys
 from tasks.reid.retrieval import retrieval_metrics
+from tasks.reid.settings import ReIDSettings
 
 METRICS = ("rank1", "rank5", "rank10", "mAP")
 
 
 class ReIDEvaluator:
-    def __init__(self, cfg: dict, layout: Layout):
-        self.cfg = cfg
+    def __init__(self, settings: ReIDSettings, layout: Layout):
+        self.settings = settings
         self._sets: dict[int, object] = {}
 
     def eval_set(self, pid: int):
         if pid not in self._sets:
-            self._sets[pid] = client_eval(self.cfg, pid)
+            self._sets[pid] = client_eval(self.settings.identities, pid)
         return self._sets[pid]
 
     def load(self, arrays: list[np.ndarray]):
-        net = build_reid_net(self.cfg)
+        net = build_reid_net(self.settings.network)
         set_arrays(net, shared_keys(net), arrays)
         return net
 
     def evaluate_one(self, net, pid: int) -> dict:
         """Retrieval of client `pid`'s query/gallery with `net`'s embeddings."""
-        device = resolve_device(str(self.cfg["device"]))
-        s, r = self.eval_set(pid), self.cfg["reid"]
-        bs, flip = int(r["eval_batch_size"]), bool(r["eval_flip"])
+        device = resolve_device(self.settings.device)
+        s = self.eval_set(pid)
+        bs, flip = self.settings.eval_batch_size, self.settings.eval_flip
         q = embeddings(net, s.query, device, bs, flip)
         g = embeddings(net, s.gallery, device, bs, flip)
         return retrieval_metrics(q, s.query_ids, s.query_cams, g, s.gallery_ids, s.gallery_cams)
 
     def __call__(self, server_round: int, models: dict[str, list[np.ndarray]], final: bool) -> dict:
-        pids = range(int(self.cfg["num_clients"]))
+        pids = range(self.settings.identities.num_clients)
         if list(models) == ["global"]:  # one model, built once, on every client's identities
             net = self.load(models["global"])
             per_client = {str(pid): self.evaluate_one(net, pid) for pid in pids}

@@ -20,23 +20,23 @@ from tasks.reid.train import classifier_outputs, cosine_distance_weight, train_l
 
 
 def local_round(r: LocalRound) -> LocalResult:
-    cfg, ins, pid = r.cfg, r.instructions, r.partition_id
-    n_ids = num_identities(cfg, pid)
-    net = build_reid_net(cfg, n_ids, pid)
+    s, ins, pid = r.settings, r.instructions, r.partition_id
+    n_ids = num_identities(s.identities, pid)
+    net = build_reid_net(s.network, n_ids, pid)
     keys = shared_keys(net)
     r.check_layout(net, keys)
     r.restore(net)  # its classifier (standalone: everything)
     if r.received and (r.first or ins.replace):
         set_arrays(net, keys, r.received)
 
-    images, labels = client_train(cfg, pid)
-    generator, compute, rc = r.generator(), r.compute(), cfg["reid"]
+    images, labels = client_train(s.identities, pid)
+    generator, compute, t = r.generator(), r.compute(), s.training
     device = compute.device
     probe = None
     if ins.cdw:  # one batch of its data, fixed before training (docs/algorithms.md#cosine-distance-weight-reallocation)
-        probe = images[np.sort(torch.randperm(len(images), generator=generator)[: int(rc["batch_size"])].numpy())]
+        probe = images[np.sort(torch.randperm(len(images), generator=generator)[: t.batch_size].numpy())]
         before = classifier_outputs(net, probe, device)
-    stats = train_local(net, images, labels, rc, int(rc["local_epochs"]), compute, generator, r.who)
+    stats = train_local(net, images, labels, t, t.local_epochs, compute, generator, r.who)
     metrics = {**stats, "num_identities": n_ids}
     if probe is not None:
         metrics["cdw"] = cosine_distance_weight(before, classifier_outputs(net, probe, device))

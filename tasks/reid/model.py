@@ -18,6 +18,7 @@ from protocol.layout import Layout
 from tasks.common.arrays import get_arrays, module_layout
 from tasks.common.augment import to_float
 from tasks.common.models import build_backbone
+from tasks.reid.settings import Network, ReIDSettings
 
 SHARED_PARTS = ("backbone", "embedding")
 
@@ -68,15 +69,14 @@ class ReIDNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def build_reid_net(cfg: dict, num_ids: int | None = None, partition_id: int = 0) -> ReIDNet:
-    """The shared part is identical on every node (seeded by `seed`); client `partition_id`'s
+def build_reid_net(n: Network, num_ids: int | None = None, partition_id: int = 0) -> ReIDNet:
+    """The shared part is identical on every node (seeded by the run's `seed`); client `partition_id`'s
     classifier (when num_ids is given) is seeded by (seed, partition_id)."""
-    torch.manual_seed(int(cfg["seed"]))
-    r = cfg["reid"]
-    net = ReIDNet(cfg["model"]["arch"], float(cfg["model"]["width"]), int(r["embedding_dim"]), float(r["dropout"]))
+    torch.manual_seed(n.seed)
+    net = ReIDNet(n.arch, n.width, n.embedding_dim, n.dropout)
     if num_ids:
-        torch.manual_seed(int(np.random.SeedSequence([int(cfg["seed"]), 17, partition_id]).generate_state(1)[0]))
-        net.classifier = nn.Linear(int(r["embedding_dim"]), int(num_ids))
+        torch.manual_seed(int(np.random.SeedSequence([n.seed, 17, partition_id]).generate_state(1)[0]))
+        net.classifier = nn.Linear(n.embedding_dim, int(num_ids))
     return net
 
 
@@ -88,9 +88,9 @@ def classifier_keys(net: ReIDNet) -> list[str]:
     return [k for k in net.state_dict() if k.startswith("classifier.")]
 
 
-def reid_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
+def reid_layout(s: ReIDSettings, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """FedPav uploads backbone + embedding block; the classifiers stay on the clients."""
-    net = build_reid_net(cfg)
+    net = build_reid_net(s.network)
     keys = shared_keys(net)
     return module_layout(net, keys, options=dict(options)), get_arrays(net, keys)
 

@@ -13,6 +13,7 @@ from tasks.common.augment import to_float
 from tasks.common.precision import Compute
 from tasks.common.training import sgd_step
 from tasks.reid.model import ReIDNet
+from tasks.reid.settings import Training
 
 
 def flip_translate(x: torch.Tensor, g: torch.Generator, max_shift: float = 0.125) -> torch.Tensor:
@@ -27,16 +28,15 @@ def flip_translate(x: torch.Tensor, g: torch.Generator, max_shift: float = 0.125
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _optimizer(net: ReIDNet, r: dict) -> torch.optim.Optimizer:
+def _optimizer(net: ReIDNet, t: Training) -> torch.optim.Optimizer:
     shared = [p for n, p in net.named_parameters() if not n.startswith("classifier.")]
     return torch.optim.SGD(
-        [{"params": shared, "lr": float(r["lr_backbone"])},
-         {"params": net.classifier.parameters(), "lr": float(r["lr_classifier"])}],
-        momentum=float(r["momentum"]), weight_decay=float(r["weight_decay"]), nesterov=bool(r["nesterov"]),
+        [{"params": shared, "lr": t.lr_backbone}, {"params": net.classifier.parameters(), "lr": t.lr_classifier}],
+        momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov,
     )
 
 
-def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, epochs: int,
+def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, t: Training, epochs: int,
                 compute: Compute, generator: torch.Generator, who: str) -> dict:
     """E epochs of cross-entropy on the client's identities (docs/algorithms.md#fedpav); optimizer rebuilt each round.
     Batch order, augmentation and dropout all draw from `generator`; the forward runs in
@@ -45,8 +45,8 @@ def train_local(net: ReIDNet, images: np.ndarray, labels: np.ndarray, r: dict, e
     compute.prepare(net).train()
     scaler = compute.scaler()
     net.use_generator(generator)
-    opt = _optimizer(net, r)
-    bs = int(r["batch_size"])
+    opt = _optimizer(net, t)
+    bs = t.batch_size
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     losses, seen, t0 = [], 0, time.perf_counter()
     for epoch in range(epochs):
