@@ -16,6 +16,7 @@ import torch
 from app.progress import round_estimate
 from protocol.instructions import Instructions
 from tasks.common.federated_data import partitions
+from tasks.common.sections import images_of
 from tasks.common.local import LocalRound
 from tasks.common.task_row import Task
 from tasks.common.training import use_threads
@@ -26,7 +27,7 @@ log = logging.getLogger("fedssl")
 def first_round_estimate(cfg: dict, task: Task, layout, initial: list, parallel: int, threads: int) -> float | None:
     """Seconds the first round's training should take, from three measured batches."""
     try:
-        sizes = np.array([len(p) for p in partitions(cfg)], dtype=float)  # examples_per_client applied
+        sizes = np.array([len(p) for p in partitions(images_of(cfg))], dtype=float)  # examples_per_client applied
         small = {**cfg, "local_epochs": 1, "examples_per_client": 3 * int(cfg["batch_size"])}
         ins = Instructions(server_round=1, layout=layout.fingerprint, layout_options=dict(layout.options))
         before = torch.get_num_threads()

@@ -35,6 +35,7 @@ from protocol.layout import Layout
 from strategies.trust import ExampleLimits
 from tasks.common.checkpoint import CheckpointError, save_checkpoint
 from tasks.common.federated_data import partitions
+from tasks.common.sections import images_of
 from tasks.common.precision import compute_for
 from tasks.common.task_row import Task
 from tasks.common.training import resolve_device
@@ -164,7 +165,8 @@ def example_limits(cfg: dict, task, deployed: bool) -> ExampleLimits:
     if maximum != "auto":
         return ExampleLimits(maximum=int(maximum), ratio=ratio)
     if not deployed and task.data_kind == "images":
-        return ExampleLimits(per_partition={pid: len(p) for pid, p in enumerate(partitions(cfg))}, ratio=ratio)
+        return ExampleLimits(per_partition={pid: len(p) for pid, p in enumerate(partitions(images_of(cfg)))},
+                             ratio=ratio)
     return ExampleLimits(ratio=ratio)
 
 

@@ -149,4 +149,4 @@ def route_offline(cfg: dict, out_dir: str | Path) -> dict:
         raise CheckpointError(f"{cfg['checkpoint']} is a checkpoint of task {task.name} (strategy="
                               f"{trained['strategy']['name']}), which has no sub-networks to route; routing needs "
                               f"one of task {' or '.join(routable)}")
-    return task.route(trained, payload["keys"], checkpoint_models(payload)["global"], cfg, out_dir)
+    return task.route(task.settings(trained), payload["keys"], checkpoint_models(payload)["global"], cfg, out_dir)

@@ -29,6 +29,7 @@ from tasks.common.data import DataError  # noqa: E402
 from tasks.common.evaluate import recalibrate_batchnorm  # noqa: E402
 from tasks.common.federated_data import evaluation_sets  # noqa: E402
 from tasks.ssl.model import build_federated_method  # noqa: E402
+from tasks.ssl.settings import ssl_settings  # noqa: E402
 
 
 def statistics(net: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -49,12 +50,14 @@ def compare(checkpoint: str, model: str = "global", data_dir: str | None = None)
     models = checkpoint_models(ck)
     if model not in models:
         raise CheckpointError(f"--model {model}: {checkpoint} holds the model(s) {few(sorted(models))}; give one of them")
-    method, plan, _ = build_federated_method(cfg, cfg["strategy"])
+    settings = ssl_settings(cfg)
+    method, plan, _ = build_federated_method(settings, cfg["strategy"])
     set_arrays(method, ck["keys"], models[model])
     backbone = getattr(method, plan.eval_encoder).backbone
     aggregated = statistics(backbone)
     net = copy.deepcopy(backbone)
-    recalibrate_batchnorm(net, evaluation_sets(cfg)["x_bank"], torch.device("cpu"), int(cfg["eval"]["batch_size"]))
+    recalibrate_batchnorm(net, evaluation_sets(settings.images, settings.evaluation)["x_bank"], torch.device("cpu"),
+                          settings.evaluation.batch_size)
     rows = []
     for name, (mean_r, var_r) in statistics(net).items():
         mean_a, var_a = aggregated[name]

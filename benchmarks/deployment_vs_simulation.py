@@ -40,10 +40,12 @@ t0 = time.perf_counter()
 from app import deployment
 from tasks.common.federated_data import client_images
 from tasks.ssl.model import build_federated_method
+from tasks.ssl.settings import ssl_settings
 t1 = time.perf_counter()
 cfg = deployment.config_from_overrides(shlex.join(sys.argv[1:]))
-client_images(cfg, 0)
-build_federated_method(cfg)
+settings = ssl_settings(cfg)
+client_images(settings.images, 0)
+build_federated_method(settings)
 print(t1 - t0, time.perf_counter() - t1)
 """
 

@@ -44,7 +44,8 @@ from app.plots import pyplot, save_figure  # noqa: E402
 from benchmarks.compare import default_runs  # noqa: E402
 from benchmarks.tables import commit, fmt, mean_std, write_results  # noqa: E402
 from tasks.common.evaluate import features_on, knn_scores, recalibrate_batchnorm  # noqa: E402
-from tasks.common.federated_data import dataset_from_cfg, evaluation_sets  # noqa: E402
+from tasks.common.federated_data import dataset_of, evaluation_sets  # noqa: E402
+from tasks.common.sections import evaluation_of, images_of  # noqa: E402
 from tasks.common.precision import compute_for  # noqa: E402
 from tasks.common.training import resolve_device  # noqa: E402
 from tasks.ssl.methods import build_method  # noqa: E402
@@ -61,14 +62,15 @@ VARIANTS = {
 def knn_both(backbone, cfg: dict, sets: dict, device, compute) -> dict:
     """kNN accuracies (every k) with the BatchNorm statistics as they are, then re-estimated on the
     bank: {"knn": .., "knn_k20": .., "knn_bn_reestimated": .., "knn_k20_bn_reestimated": ..}."""
-    ev, bs = cfg["eval"], int(cfg["eval"]["batch_size"])
+    ev = evaluation_of(cfg)
+    bs = ev.batch_size
     net = copy.deepcopy(backbone)
     out = {}
     for suffix in ("", "_bn_reestimated"):
         if suffix:
             recalibrate_batchnorm(net, sets["x_bank"], device, bs)
         bank, test = features_on(net, sets, ("x_bank", "x_test"), device, bs, compute)
-        for key, value in knn_scores(bank, test, sets["y_test"], sets, ev).items():
+        for key, value in knn_scores(bank, test, sets["y_test"], sets, ev.knn_k, ev.knn_temperature).items():
             out[key.replace("_accuracy", "") + suffix] = value
     return out
 
@@ -80,7 +82,7 @@ def measure(cfg: dict, steps: int, every: int, images: int | None = None) -> lis
     method = build_method(cfg["ssl"], cfg["model"])
     method.init_local_parts({"online"})
     backbone = method.online.backbone if hasattr(method, "online") else method.encoder.backbone
-    ds, sets = dataset_from_cfg(cfg), evaluation_sets(cfg)
+    ds, sets = dataset_of(images_of(cfg)), evaluation_sets(images_of(cfg), evaluation_of(cfg))
     x = np.asarray(ds.x_train)
     if images:  # a seeded subset of the training set
         x = x[np.random.default_rng(int(cfg["seed"])).permutation(len(x))[:images]]

@@ -18,6 +18,7 @@ from protocol.clustering import assign as assign_nearest
 from protocol.clustering import kmeans as real_kmeans
 from tasks.ssl.methods import build_method
 from tasks.ssl.model import build_federated_method, ssl_layout
+from tasks.ssl.settings import ssl_settings
 from strategies import FederatedAveraging
 from tasks.common.checkpoint import load_checkpoint
 from tests.conftest import ROOT
@@ -69,10 +70,10 @@ def test_clusters_labels_weights_and_a_new_head_at_each_reclustering(monkeypatch
 @pytest.mark.parametrize("ssl, head", [("deepcluster", "head.weight"), ("sela", "heads.0.weight")])
 def test_the_local_heads_never_enter_the_upload(make_cfg, ssl, head):
     cfg = make_cfg("strategy=fedavg", f"ssl={ssl}")
-    method, plan, keys = build_federated_method(cfg)
+    method, plan, keys = build_federated_method(ssl_settings(cfg))
     assert plan.uploaded == ("online",) and plan.local == (head.split(".")[0],)
     assert keys and all(k.startswith("online.") for k in keys) and head in method.state_dict()
-    layout, _ = ssl_layout(cfg, {})
+    layout, _ = ssl_layout(ssl_settings(cfg), {})
     assert "nmi_labels" in layout.client_metrics and not any(k.startswith(plan.local[0]) for k in layout.keys)
 
 
@@ -137,9 +138,9 @@ def test_a_smoke_federation_records_each_clients_nmi(tmp_path, data_dir, cache_d
 
 def test_global_clusters_upload_sums_of_two_or_more_images_and_the_heads(make_cfg):
     cfg = make_cfg("strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global", "ssl.num_clusters=4")
-    method, plan, keys = build_federated_method(cfg)
+    method, plan, keys = build_federated_method(ssl_settings(cfg))
     assert plan.uploaded == ("online", "head", "clusters") and plan.local == ()
-    layout, _ = ssl_layout(cfg, {})
+    layout, _ = ssl_layout(ssl_settings(cfg), {})
     assert layout.global_clusters and layout.sum_merge == [(keys.index("clusters.centroids"),
                                                             keys.index("clusters.counts"))]
     method.clusters.counts.fill_(1.0)  # global clusters started: assign to them

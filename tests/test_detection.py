@@ -20,6 +20,7 @@ from tasks.detection.model import build_detector, detection_layout, upload_keys
 from tasks.detection.settings import detection_settings as settings_of
 from tasks.detection.train import batch
 from tasks.ssl.model import build_federated_method
+from tasks.ssl.settings import ssl_settings
 from tests.conftest import ROOT
 
 DET = ["strategy=fedavg", "dataset=synthetic_detection", "num_clients=2"]
@@ -59,7 +60,7 @@ def test_flipped_batch_mirrors_its_boxes():
 
 
 def _ssl_checkpoint(path, cfg, noise_seed=1):
-    method, _, keys = build_federated_method(cfg)
+    method, _, keys = build_federated_method(ssl_settings(cfg))
     g = torch.Generator().manual_seed(noise_seed)
     arrays = [(t + torch.randn(t.shape, generator=g) if t.is_floating_point() else t).numpy()
               for t in (method.state_dict()[k] for k in keys)]

@@ -87,13 +87,14 @@ def test_the_whole_head_is_reinitialised_when_the_server_starts_the_global_clust
 
 def test_global_deepcluster_declares_its_head_rows_and_local_does_not(make_cfg):
     from tasks.ssl.model import build_federated_method, ssl_layout
+    from tasks.ssl.settings import ssl_settings
 
     cfg = make_cfg("strategy=fedavg", "ssl=deepcluster", "ssl.clusters=global", "ssl.num_clusters=4")
-    _, _, keys = build_federated_method(cfg)
-    layout, _ = ssl_layout(cfg, {})
+    _, _, keys = build_federated_method(ssl_settings(cfg))
+    layout, _ = ssl_layout(ssl_settings(cfg), {})
     assert layout.cluster_heads == [(keys.index("clusters.centroids"),
                                      (keys.index("head.weight"), keys.index("head.bias")))]
-    local, _ = ssl_layout(make_cfg("strategy=fedavg", "ssl=deepcluster", "ssl.num_clusters=4"), {})
+    local, _ = ssl_layout(ssl_settings(make_cfg("strategy=fedavg", "ssl=deepcluster", "ssl.num_clusters=4")), {})
     assert local.cluster_heads == [] and local.sum_merge == []
 
 

@@ -241,7 +241,9 @@ def test_the_server_knows_each_partitions_size_in_simulation_and_caps_claims_in_
     from tasks.common.federated_data import partitions
 
     cfg = make_cfg("num_clients=3")
-    sizes = {pid: len(p) for pid, p in enumerate(partitions(cfg))}
+    from tasks.common.sections import images_of
+
+    sizes = {pid: len(p) for pid, p in enumerate(partitions(images_of(cfg)))}
     limits = example_limits(cfg, task_of(cfg), deployed=False)
     assert limits.per_partition == sizes and limits.problem(0, sizes[0]) is None
     assert "exceeds" in limits.problem(0, sizes[0] + 1)

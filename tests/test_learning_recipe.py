@@ -101,9 +101,9 @@ def test_knn_with_several_k_by_hand():
         assert torch.equal(knn_predict_ks(bank, labels, query, 2, ks=(9, k), temperature=1.0)[k],
                            knn_predict(bank, labels, query, 2, k=k, temperature=1.0))
     sets = {"y_bank": labels, "num_classes": 2}
-    scores = knn_scores(bank, query, [1, 1], sets, {"knn_k": [4, 1], "knn_temperature": 1.0})
+    scores = knn_scores(bank, query, [1, 1], sets, (4, 1), 1.0)
     assert scores == {"knn_accuracy": 1.0, "knn_accuracy_k1": 0.5}  # the first k is the headline's
-    assert knn_scores(bank, query, [1, 1], sets, {"knn_k": 4, "knn_temperature": 1.0}) == {"knn_accuracy": 1.0}
+    assert knn_scores(bank, query, [1, 1], sets, (4,), 1.0) == {"knn_accuracy": 1.0}
 
 
 def test_the_knn_history_keeps_every_k_and_both_batchnorm_readings():

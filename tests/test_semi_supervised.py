@@ -52,8 +52,9 @@ def test_finetuning_rejects_an_unknown_bn_mode():
 def test_evaluator_reports_semi_supervised_accuracy(make_cfg):
     from app.federation import build_layout
     from tasks.ssl.evaluator import RepresentationEvaluator
+    from tasks.ssl.settings import ssl_settings
 
     cfg = make_cfg("eval.semi=true", "eval.semi_epochs=1", "eval.semi_fractions=[0.002]", "dataset=cifar10")
     layout, init = build_layout(cfg)
-    out = RepresentationEvaluator(cfg, layout)(2, {"global": init}, True)
+    out = RepresentationEvaluator(ssl_settings(cfg), layout)(2, {"global": init}, True)
     assert 0 <= out["semi_0.2%"] <= 1 and "linear_accuracy" in out

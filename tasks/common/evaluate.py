@@ -10,6 +10,7 @@ from torch import nn
 from protocol.checks import AnyOf, Bool, Choice, Float, Int, ListOf
 from tasks.common.augment import to_float
 from tasks.common.precision import Compute
+from tasks.common.sections import Evaluation
 
 # eval.* (conf/config.yaml): the evaluation protocol of docs/algorithms.md#evaluating-representations
 CONFIG = {
@@ -74,15 +75,9 @@ def knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=200, t
     return float((pred == torch.as_tensor(query_labels)).float().mean())
 
 
-def knn_ks(ev: dict) -> list[int]:
-    """The k values of eval.knn_k (an integer or a list); the first is the headline's."""
-    ks = ev["knn_k"]
-    return [int(k) for k in ks] if isinstance(ks, (list, tuple)) else [int(ks)]
-
-
-def knn_key(k: int, ev: dict) -> str:
+def knn_key(k: int, ks: tuple[int, ...]) -> str:
     """The result key of kNN with `k`: knn_accuracy for eval.knn_k's first, knn_accuracy_k<k> for the others."""
-    return "knn_accuracy" if k == knn_ks(ev)[0] else f"knn_accuracy_k{k}"
+    return "knn_accuracy" if k == ks[0] else f"knn_accuracy_k{k}"
 
 
 def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torch.device, batch_size: int,
@@ -91,26 +86,26 @@ def features_on(net: nn.Module, sets: dict, names: tuple[str, ...], device: torc
     return [extract_features(net, sets[name], device, batch_size, compute) for name in names]
 
 
-def knn_scores(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: dict) -> dict[str, float]:
-    """kNN accuracy against the set's memory bank for every k of eval.knn_k, with its temperature:
+def knn_scores(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ks: tuple[int, ...],
+               temperature: float) -> dict[str, float]:
+    """kNN accuracy against the set's memory bank for every k of `ks` (eval.knn_k), with `temperature`:
     {"knn_accuracy": first k's, "knn_accuracy_k<k>": each other k's}."""
-    ks = knn_ks(ev)
-    preds = knn_predict_ks(bank, torch.as_tensor(sets["y_bank"]), queries, sets["num_classes"], ks,
-                           float(ev["knn_temperature"]))
+    preds = knn_predict_ks(bank, torch.as_tensor(sets["y_bank"]), queries, sets["num_classes"], list(ks), temperature)
     truth = torch.as_tensor(query_labels)
-    return {knn_key(k, ev): float((preds[k] == truth).float().mean()) for k in ks}
+    return {knn_key(k, ks): float((preds[k] == truth).float().mean()) for k in ks}
 
 
-def knn_score(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: dict) -> float:
-    """kNN accuracy against the set's memory bank with the `eval` config's (first) k and temperature."""
-    return knn_scores(bank, queries, query_labels, sets, ev)["knn_accuracy"]
+def knn_score(bank: torch.Tensor, queries: torch.Tensor, query_labels, sets: dict, ev: Evaluation) -> float:
+    """kNN accuracy against the set's memory bank with the evaluation's (first) k and temperature."""
+    return knn_scores(bank, queries, query_labels, sets, ev.knn_k[:1], ev.knn_temperature)["knn_accuracy"]
 
 
-def probe_score(bank: torch.Tensor, test: torch.Tensor, sets: dict, ev: dict, seed: int, epochs: int | None = None) -> float:
-    """Linear probe trained on the bank features, tested on the test features (`eval` config)."""
+def probe_score(bank: torch.Tensor, test: torch.Tensor, sets: dict, ev: Evaluation, epochs: int | None = None) -> float:
+    """Linear probe trained on the bank features, tested on the test features (the evaluation's
+    epochs, learning rate, batch size and seed)."""
     return linear_probe(bank, sets["y_bank"], test, sets["y_test"], sets["num_classes"],
-                        epochs=int(ev["linear_epochs"] if epochs is None else epochs), lr=float(ev["linear_lr"]),
-                        batch_size=int(ev["linear_batch_size"]), seed=seed)
+                        epochs=ev.linear_epochs if epochs is None else int(epochs), lr=ev.linear_lr,
+                        batch_size=ev.linear_batch_size, seed=ev.seed)
 
 
 def linear_probe(train_f: torch.Tensor, train_y, test_f: torch.Tensor, test_y, num_classes: int,

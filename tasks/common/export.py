@@ -28,7 +28,8 @@ from torch import nn
 
 from tasks.common.augment import to_float
 from tasks.common.data import take_rows
-from tasks.common.federated_data import dataset_from_cfg
+from tasks.common.federated_data import dataset_of
+from tasks.common.sections import Images
 from tasks.common.models import CifarResNet
 
 FEATURES, DETECTIONS = "features", "detections"  # what a Learned's forward gives
@@ -97,12 +98,12 @@ class OneImageDetector(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
-def check_images(cfg: dict) -> tuple[np.ndarray, str]:
+def check_images(d: Images) -> tuple[np.ndarray, str]:
     """CHECK_IMAGES test images of an image-classification run's data set, spread over it (its test
     sets are grouped by class), and where they come from."""
-    x = dataset_from_cfg(cfg).x_test
+    x = dataset_of(d).x_test
     rows = np.linspace(0, len(x) - 1, min(CHECK_IMAGES, len(x))).astype(np.int64)
-    return take_rows(x, rows), f"{cfg['dataset']['name']} test images {rows.tolist()}"
+    return take_rows(x, rows), f"{d.dataset} test images {rows.tolist()}"
 
 
 def batch_of(images: np.ndarray) -> torch.Tensor:

@@ -30,8 +30,7 @@ class LocalRound:
     received: the server's weights in the upload layout (empty when it sent none).
     kept: what this client kept from its earlier rounds (None: its first participation).
     info: its notes from earlier rounds (rounds_trained, last_round, FedEMA's lambda, ...).
-    settings: the task's own section (tasks/common/task_row.Task.settings; None: the config itself, the
-        section of a task without a typed one).
+    settings: the task's own typed section (tasks/common/task_row.Task.settings), what its round reads.
     cfg: the run's config, for what every task's client reads alike (device, precision, seed).
     """
 
@@ -42,10 +41,6 @@ class LocalRound:
     kept: dict[str, torch.Tensor] | None
     info: dict = field(default_factory=dict)
     settings: Any = None
-
-    def __post_init__(self):
-        if self.settings is None:
-            self.settings = self.cfg
 
     @property
     def server_round(self) -> int:

@@ -170,10 +170,18 @@ CPU_FP32_NCHW = ("off at fp32 on a CPU: oneDNN's fp32 1x1 stride-2 convolution b
                  "(docs/speed.md)")
 
 
-def compute_for(cfg: dict, device: torch.device, flags: set[str] | None = None) -> Compute:
-    """The run's compute settings on `device` (each client resolves `auto` on its own hardware)."""
-    precision, reason = choose_precision(str(cfg.get("precision", "fp32")), device, flags)
-    channels_last, note = bool(cfg.get("channels_last", False)), ""
+def compute_of(requested: str, channels_last: bool, compile: bool, device: torch.device,
+               flags: set[str] | None = None) -> Compute:
+    """`precision`, `channels_last` and `compile` as they apply on `device` (each client resolves
+    `auto` on its own hardware)."""
+    precision, reason = choose_precision(requested, device, flags)
+    note = ""
     if channels_last and precision == "fp32" and device.type == "cpu":
         channels_last, note = False, CPU_FP32_NCHW
-    return Compute(device, precision, reason, channels_last, bool(cfg.get("compile", False)), note)
+    return Compute(device, precision, reason, channels_last, compile, note)
+
+
+def compute_for(cfg: dict, device: torch.device, flags: set[str] | None = None) -> Compute:
+    """The run's compute settings on `device`, from its config (`compute_of`)."""
+    return compute_of(str(cfg.get("precision", "fp32")), bool(cfg.get("channels_last", False)),
+                      bool(cfg.get("compile", False)), device, flags)

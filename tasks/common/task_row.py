@@ -19,10 +19,10 @@ from tasks.common.local import LocalResult, LocalRound
 class Task:
     """A task's row.
 
-    settings(cfg) -> the task's own section of the run's config, built and checked once (the
-        federation carries it; every callable below that takes `settings` gets it, and a client's
-        LocalRound holds it). A task with a typed section (detection: tasks/detection/settings.py)
-        reads nothing else of the config; the others' is still the whole config dict (the default).
+    settings(cfg) -> the task's own typed section of the run's config (tasks/<task>/settings.py),
+        built and checked once: the federation carries it, every callable below that takes
+        `settings` gets it, and a client's LocalRound holds it. The task's code reads nothing else
+        of the config (tests/test_layers.py).
     data_kind: the `dataset.kind` it trains on.
     layout(settings, options) -> (upload Layout, initial global arrays), built the way clients build it.
     local_round: one client's round (tasks/<task>/local.py).
@@ -51,8 +51,8 @@ class Task:
     evaluator: Callable[[Any, Layout], Callable]
     preflight: Callable[[Any], None]
     metrics: TaskMetrics
+    settings: Callable[[dict], Any]
     config: dict = field(default_factory=dict)
-    settings: Callable[[dict], Any] = lambda cfg: cfg
     refuses: dict[str, str] = field(default_factory=dict)
     layout_options: Callable[[Any], dict] = lambda settings: {}
     server_hooks: Callable[[Any], dict] = lambda settings: {}

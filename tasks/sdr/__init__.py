@@ -2,7 +2,7 @@
 paths (net.py), the federated model and its group regions (model.py), training with balanced
 clusters and progressive stages (train.py), evaluation (evaluator.py), routing (route.py)."""
 
-from protocol.checks import ConfigError, Float, Int, ListOf, Text
+from protocol.checks import Float, Int, ListOf, Text
 
 # sdr.* (conf/task/sdr.yaml) and route.* (mode=route)
 CONFIG = {
@@ -16,10 +16,3 @@ CONFIG = {
     "route.superclasses": ListOf(item=Text()), "route.linear_epochs": Int(min=1),
 }
 
-
-def check_sizes(cfg: dict) -> None:
-    """One entry per SDR block in sdr.shared, sdr.group and sdr.strides."""
-    sd = cfg["sdr"]
-    if not len(sd["shared"]) == len(sd["group"]) == len(sd["strides"]):
-        raise ConfigError(f"sdr.shared, sdr.group and sdr.strides need one entry per SDR block, got {sd['shared']}, "
-                          f"{sd['group']}, {sd['strides']}")

@@ -12,9 +12,10 @@ from protocol.layout import Layout
 from tasks.common.arrays import set_arrays
 from tasks.common.evaluate import features_on, knn_score, probe_score
 from tasks.common.federated_data import evaluation_sets
-from tasks.common.precision import compute_for
+from tasks.common.sections import Evaluation
 from tasks.common.training import resolve_device
 from tasks.sdr.model import build_sdr_model
+from tasks.sdr.settings import SDRSettings
 
 
 class PathFeatures:
@@ -35,32 +36,32 @@ class PathFeatures:
         return self.net(x, self.path)
 
 
-def path_knn(net, sets: dict, path, device, ev: dict, compute=None) -> float:
-    bank, test = features_on(PathFeatures(net, path), sets, ("x_bank", "x_test"), device, int(ev["batch_size"]), compute)
+def path_knn(net, sets: dict, path, device, ev: Evaluation, compute=None) -> float:
+    bank, test = features_on(PathFeatures(net, path), sets, ("x_bank", "x_test"), device, ev.batch_size, compute)
     return knn_score(bank, test, sets["y_test"], sets, ev)
 
 
 class SDREvaluator:
-    def __init__(self, cfg: dict, layout: Layout):
-        self.cfg, self._sets = cfg, None
+    def __init__(self, settings: SDRSettings, layout: Layout):
+        self.settings, self._sets = settings, None
 
     def sets(self) -> dict:
         if self._sets is None:
-            self._sets = evaluation_sets(self.cfg)
+            self._sets = evaluation_sets(self.settings.images, self.settings.evaluation)
         return self._sets
 
     def __call__(self, server_round: int, models: dict[str, list[np.ndarray]], final: bool) -> dict:
-        model = build_sdr_model(self.cfg)
+        model = build_sdr_model(self.settings.network)
         set_arrays(model, list(model.state_dict()), models["global"])
-        net, ev, s = model.net, self.cfg["eval"], self.sets()
-        device = resolve_device(str(self.cfg["device"]))
-        compute = compute_for(self.cfg, device)
-        bank, test = features_on(net, s, ("x_bank", "x_test"), device, int(ev["batch_size"]), compute)  # full SDRnet
+        net, ev, s = model.net, self.settings.evaluation, self.sets()
+        device = resolve_device(self.settings.devices.device)
+        compute = self.settings.devices.compute(device)
+        bank, test = features_on(net, s, ("x_bank", "x_test"), device, ev.batch_size, compute)  # full SDRnet
         out = {"knn_accuracy": knn_score(bank, test, s["y_test"], s, ev), "final": final}
         if final:
             out["path_knn"] = {str(p): path_knn(net, s, p, device, ev, compute) for p in range(net.num_paths)}
             out["mean_path_knn"] = float(np.mean(list(out["path_knn"].values())))
-            if ev["linear"]:
-                out["linear_accuracy"] = probe_score(bank, test, s, ev, int(self.cfg["seed"]))
+            if ev.linear:
+                out["linear_accuracy"] = probe_score(bank, test, s, ev)
         out["bank_size"], out["test_size"] = len(s["y_bank"]), len(s["y_test"])
         return out

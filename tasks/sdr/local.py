@@ -18,25 +18,25 @@ from tasks.sdr.train import assign_clusters, stage_of_round, train_sdr_round, up
 
 
 def local_round(r: LocalRound) -> LocalResult:
-    cfg, rnd = r.cfg, r.server_round
-    model = build_sdr_model(cfg)
+    rnd, t = r.server_round, r.settings.training
+    model = build_sdr_model(r.settings.network)
     keys = list(model.state_dict())
     r.check_layout(model, keys)
     if r.received:
         set_arrays(model, keys, r.received)
-    s, compute = cfg["sdr"], r.compute()
+    compute = r.compute()
     device = compute.device
-    images = client_images(cfg, r.partition_id)
+    images = client_images(r.settings.images, r.partition_id)
     feats = extract_features(model.net, images, device)
     clusters = assign_clusters(feats, model.centroids)
-    stage = stage_of_round(rnd, int(cfg["num_rounds"]), model.net.num_blocks)
+    stage = stage_of_round(rnd, t.num_rounds, model.net.num_blocks)
     stats = train_sdr_round(
-        model, images, clusters, stage, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]),
-        lr=round_lr(float(s["lr"]), rnd, int(cfg["num_rounds"])), momentum=float(s["momentum"]),
-        weight_decay=float(s["weight_decay"]), kd_weight=float(s["kd_weight"]), compute=compute,
+        model, images, clusters, stage, epochs=t.local_epochs, batch_size=t.batch_size,
+        lr=round_lr(t.lr, rnd, t.num_rounds), momentum=t.momentum,
+        weight_decay=t.weight_decay, kd_weight=t.kd_weight, compute=compute,
         generator=r.generator(), who=r.who)
-    centroid = update_centroids(model, feats.to(device), int(s["centroid_steps"]), float(s["centroid_lr"]),
-                                float(s["cluster_temperature"]), float(s["sinkhorn_epsilon"]))
+    centroid = update_centroids(model, feats.to(device), t.centroid_steps, t.centroid_lr,
+                                t.cluster_temperature, t.sinkhorn_epsilon)
     metrics = {"loss": stats["loss"], "train_seconds": stats["train_seconds"],
                "images_per_second": stats["images_per_second"], "stage": stage, "centroid_loss": centroid,
                **{f"routed_{p}": n for p, n in stats["routed"].items()}}

@@ -14,6 +14,7 @@ from protocol.layout import Layout
 from tasks.common.arrays import get_arrays, module_layout
 from tasks.common.losses import negative_cosine
 from tasks.sdr.net import SDRNet, SlicedLinear, all_paths
+from tasks.sdr.settings import Network, SDRSettings
 
 
 class SDRSimSiam(nn.Module):
@@ -42,19 +43,17 @@ class SDRSimSiam(nn.Module):
 
 
 
-def _sizes(s: dict) -> dict:
-    w = float(s["width"])
-    scale = lambda v: max(1, int(round(v * w)))  # noqa: E731
-    return {"stem": scale(s["stem"]), "shared": tuple(scale(v) for v in s["shared"]),
-            "group": tuple(scale(v) for v in s["group"]), "groups": int(s["groups"]), "strides": tuple(s["strides"])}
+def _sizes(n: Network) -> dict:
+    scale = lambda v: max(1, int(round(v * n.width)))  # noqa: E731
+    return {"stem": scale(n.stem), "shared": tuple(scale(v) for v in n.shared),
+            "group": tuple(scale(v) for v in n.group), "groups": n.groups, "strides": n.strides}
 
 
-def build_sdr_model(cfg: dict) -> SDRSimSiam:
-    """The SDRnet + SimSiam heads + centroids of `cfg["sdr"]`, identical on every node (seeded)."""
-    torch.manual_seed(int(cfg["seed"]))
-    s = cfg["sdr"]
-    net = SDRNet(**_sizes(s))
-    return SDRSimSiam(net, int(s["proj_dim"]), int(s["pred_hidden"]))
+def build_sdr_model(n: Network) -> SDRSimSiam:
+    """The SDRnet + SimSiam heads + centroids of the `sdr` section, identical on every node (seeded)."""
+    torch.manual_seed(n.seed)
+    net = SDRNet(**_sizes(n))
+    return SDRSimSiam(net, n.proj_dim, n.pred_hidden)
 
 
 def group_regions(model: SDRSimSiam, keys: list[str]) -> list[tuple[int, int, int, int, int]]:
@@ -74,9 +73,9 @@ def group_regions(model: SDRSimSiam, keys: list[str]) -> list[tuple[int, int, in
 
 
 
-def sdr_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
+def sdr_layout(s: SDRSettings, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """Every weight is uploaded; the layout names each individual group's rows and each path's groups."""
-    model = build_sdr_model(cfg)
+    model = build_sdr_model(s.network)
     keys = list(model.state_dict())
     layout = module_layout(model, keys, options=dict(options), regions=group_regions(model, keys),
                            path_groups=all_paths(model.net.groups, model.net.num_blocks))

@@ -20,17 +20,19 @@ from tasks.common.arrays import set_arrays
 from tasks.common.atomic import write_json_atomic
 from tasks.common.data import DataError, balanced_subset, take_rows
 from tasks.common.evaluate import features_on, knn_score, probe_score
-from tasks.common.federated_data import dataset_from_cfg
+from tasks.common.federated_data import dataset_of
+from tasks.common.sections import Images
 from tasks.common.training import resolve_device
 from tasks.sdr.evaluator import PathFeatures
 from tasks.sdr.model import build_sdr_model
 from tasks.sdr.net import export_path, load_backbone, save_backbone
+from tasks.sdr.settings import Routing, SDRSettings, routing_settings
 
 
-def _coarse_filter(cfg: dict, names: list[str]):
+def _coarse_filter(d: Images, names: list[str]):
     """Row masks of the CIFAR-100 superclasses `names` (needs the coarse labels in the .npz)."""
-    path = Path(str(cfg["data_dir"])).expanduser() / "cifar100.npz"
-    if cfg["dataset"]["name"] != "cifar100" or not path.is_file():
+    path = Path(d.data_dir).expanduser() / "cifar100.npz"
+    if d.dataset != "cifar100" or not path.is_file():
         raise DataError("route.superclasses needs dataset=cifar100 from cifar100.npz (with its coarse labels)")
     with np.load(path, allow_pickle=False) as z:
         if "coarse_classes" not in z.files:
@@ -43,32 +45,34 @@ def _coarse_filter(cfg: dict, names: list[str]):
         return np.isin(z["y_train_coarse"], keep), np.isin(z["y_test_coarse"], keep)
 
 
-def downstream_sets(cfg: dict) -> dict:
-    ds, r, seed = dataset_from_cfg(cfg), cfg["route"], int(cfg["seed"])
+def downstream_sets(r: Routing) -> dict:
+    ds, seed = dataset_of(r.images), r.seed
     y_train, y_test = np.asarray(ds.y_train), np.asarray(ds.y_test)
     train_rows, test_rows = np.arange(len(y_train)), np.arange(len(y_test))
-    if r.get("superclasses"):
-        train_mask, test_mask = _coarse_filter(cfg, list(r["superclasses"]))
+    if r.superclasses:
+        train_mask, test_mask = _coarse_filter(r.images, list(r.superclasses))
         train_rows, test_rows = np.flatnonzero(train_mask), np.flatnonzero(test_mask)
     classes = np.unique(y_train[train_rows])  # relabel 0..C-1 (a subset may keep few classes)
-    pool = train_rows[balanced_subset(y_train[train_rows], int(r["bank_size"]) + int(r["val_size"]), seed)]
-    bank, val = np.sort(pool[: int(r["bank_size"])]), np.sort(pool[int(r["bank_size"]):])
-    test = np.sort(test_rows[balanced_subset(y_test[test_rows], int(r["test_size"]), seed + 1)])
+    pool = train_rows[balanced_subset(y_train[train_rows], r.bank_size + r.val_size, seed)]
+    bank, val = np.sort(pool[: r.bank_size]), np.sort(pool[r.bank_size:])
+    test = np.sort(test_rows[balanced_subset(y_test[test_rows], r.test_size, seed + 1)])
     relabel = lambda y: np.searchsorted(classes, y)  # noqa: E731
     return {"x_bank": take_rows(ds.x_train, bank), "y_bank": relabel(y_train[bank]),
             "x_val": take_rows(ds.x_train, val), "y_val": relabel(y_train[val]),
             "x_test": take_rows(ds.x_test, test), "y_test": relabel(y_test[test]), "num_classes": len(classes)}
 
 
-def route(trained: dict, keys: list[str], arrays: list[np.ndarray], cfg: dict, out_dir: str | Path) -> dict:
-    """Rank every path of the SDR model (`trained`: its run's config; `keys`/`arrays`: its global
-    weights) on the downstream set of `cfg`, export the best one; returns the report."""
-    model = build_sdr_model(trained)
+def route(trained: SDRSettings, keys: list[str], arrays: list[np.ndarray], cfg: dict, out_dir: str | Path) -> dict:
+    """Rank every path of the SDR model (`trained`: its run's section; `keys`/`arrays`: its global
+    weights) on the downstream set of the command's config `cfg` (routing_settings), export the best
+    one; returns the report."""
+    r = routing_settings(cfg)
+    model = build_sdr_model(trained.network)
     set_arrays(model, keys, arrays)
-    net, ev = model.net, cfg["eval"]
-    device = resolve_device(str(cfg["device"]))
-    s = downstream_sets(cfg)
-    bs = int(ev["batch_size"])
+    net, ev = model.net, r.evaluation
+    device = resolve_device(r.device)
+    s = downstream_sets(r)
+    bs = ev.batch_size
 
     def scores(path):
         bank, val, test = features_on(PathFeatures(net, path), s, ("x_bank", "x_val", "x_test"), device, bs)
@@ -81,12 +85,12 @@ def route(trained: dict, keys: list[str], arrays: list[np.ndarray], cfg: dict, o
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exported = save_backbone(out / f"backbone_path{best['path']}.pt", export_path(net, best["path"]),
-                             {"path": best["path"], "groups": best["groups"], "source": str(cfg["checkpoint"])})
+                             {"path": best["path"], "groups": best["groups"], "source": r.checkpoint})
     backbone = load_backbone(exported)  # what a user gets: features = backbone(x)
     bank, test = features_on(backbone, s, ("x_bank", "x_test"), device, bs)
-    probe = probe_score(bank, test, s, ev, int(cfg["seed"]), epochs=int(cfg["route"]["linear_epochs"]))
-    report = {"checkpoint": str(cfg["checkpoint"]), "dataset": cfg["dataset"]["name"],
-              "superclasses": list(cfg["route"].get("superclasses") or []), "num_classes": s["num_classes"],
+    probe = probe_score(bank, test, s, ev, epochs=r.linear_epochs)
+    report = {"checkpoint": r.checkpoint, "dataset": r.images.dataset,
+              "superclasses": list(r.superclasses), "num_classes": s["num_classes"],
               "ranked": ranked, "full": full, "chosen": best,
               "mean_path_test_knn": float(np.mean([p["test_knn"] for p in paths])),
               "exported_backbone": exported, "exported_linear_accuracy": probe}

@@ -16,10 +16,10 @@ from tasks.common.evaluate import (
     probe_score,
     recalibrate_batchnorm,
 )
-from tasks.common.federated_data import dataset_from_cfg, evaluation_sets
-from tasks.common.precision import compute_for
+from tasks.common.federated_data import dataset_of, evaluation_sets
 from tasks.common.training import resolve_device
 from tasks.ssl.model import build_federated_method
+from tasks.ssl.settings import SSLSettings
 
 
 class RepresentationEvaluator:
@@ -29,27 +29,27 @@ class RepresentationEvaluator:
     the per-client values are kept under `per_client`.
     """
 
-    def __init__(self, cfg: dict, layout: Layout):
-        self.cfg, self.options = cfg, dict(layout.options)
-        self.ev = cfg["eval"]
-        self.device = resolve_device(str(cfg["device"]))
-        self.compute = compute_for(cfg, self.device)
+    def __init__(self, settings: SSLSettings, layout: Layout):
+        self.settings, self.options = settings, dict(layout.options)
+        self.ev = settings.evaluation
+        self.device = resolve_device(settings.devices.device)
+        self.compute = settings.devices.compute(self.device)
         self._sets = None
 
     def sets(self) -> dict:
         if self._sets is None:
-            self._sets = evaluation_sets(self.cfg)
+            self._sets = evaluation_sets(self.settings.images, self.ev)
         return self._sets
 
     def encoder(self, arrays: list[np.ndarray]):
         """The evaluated encoder (backbone + projector) loaded with `arrays`."""
-        method, plan, keys = build_federated_method(self.cfg, self.options)
+        method, plan, keys = build_federated_method(self.settings, self.options)
         set_arrays(method, keys, arrays)
         return getattr(method, plan.eval_encoder)
 
     def recalibrate(self, encoder) -> None:
         """BatchNorm statistics re-estimated on the bank's images (no labels read)."""
-        recalibrate_batchnorm(encoder, self.sets()["x_bank"], self.device, int(self.ev["batch_size"]))
+        recalibrate_batchnorm(encoder, self.sets()["x_bank"], self.device, self.ev.batch_size)
 
     def evaluate_one(self, arrays: list[np.ndarray], final: bool) -> dict:
         """kNN (and at the end linear probe, semi-supervised) of one model. BatchNorm statistics
@@ -57,11 +57,11 @@ class RepresentationEvaluator:
         on the bank's images; `both`, the aggregated ones as the result plus *_bn_reestimated keys.
         Under strategy.bn=local no statistics were uploaded: they are always re-estimated."""
         encoder = self.encoder(arrays)
-        mode = "reestimated" if self.options.get("bn") == "local" else str(self.ev.get("bn", "aggregated"))
+        mode = "reestimated" if self.options.get("bn") == "local" else self.ev.bn
         if mode == "reestimated":
             self.recalibrate(encoder)
         out = self.scores(encoder, final)
-        if final and self.ev.get("semi"):
+        if final and self.ev.semi:
             out.update(self.semi_supervised(encoder.backbone, self.device))
         if mode == "both":
             self.recalibrate(encoder)
@@ -71,27 +71,27 @@ class RepresentationEvaluator:
     def scores(self, encoder, final: bool) -> dict:
         """kNN accuracy, and on the final call the linear probe's, of the encoder as it is."""
         s = self.sets()
-        net = encoder if self.ev["knn_features"] == "projector" else encoder.backbone
-        bs, names = int(self.ev["batch_size"]), ("x_bank", "x_test")
+        net = encoder if self.ev.knn_features == "projector" else encoder.backbone
+        bs, names = self.ev.batch_size, ("x_bank", "x_test")
         bank, test = features_on(net, s, names, self.device, bs, self.compute)
-        out = knn_scores(bank, test, s["y_test"], s, self.ev)
-        if final and self.ev["linear"]:
-            if self.ev["knn_features"] == "projector":  # the probe always reads backbone features
+        out = knn_scores(bank, test, s["y_test"], s, self.ev.knn_k, self.ev.knn_temperature)
+        if final and self.ev.linear:
+            if self.ev.knn_features == "projector":  # the probe always reads backbone features
                 bank, test = features_on(encoder.backbone, s, names, self.device, bs, self.compute)
-            out["linear_accuracy"] = probe_score(bank, test, s, self.ev, int(self.cfg["seed"]))
+            out["linear_accuracy"] = probe_score(bank, test, s, self.ev)
         return out
 
     def semi_supervised(self, backbone, device) -> dict:
         """Fine-tune (a copy of) the backbone with 1% / 10% of the training labels (docs/algorithms.md#semi-supervised-fine-tuning)."""
-        ds, s, ev = dataset_from_cfg(self.cfg), self.sets(), self.ev
+        ds, s, ev = dataset_of(self.settings.images), self.sets(), self.ev
         labels = np.asarray(ds.y_train)
         out = {}
-        for fraction in ev["semi_fractions"]:
-            idx = class_balanced_fraction(labels, float(fraction), int(self.cfg["seed"]))
-            out[f"semi_{100 * float(fraction):g}%"] = finetune_accuracy(
+        for fraction in ev.semi_fractions:
+            idx = class_balanced_fraction(labels, fraction, ev.seed)
+            out[f"semi_{100 * fraction:g}%"] = finetune_accuracy(
                 backbone, np.asarray(ds.x_train[idx]), labels[idx], s["x_test"], s["y_test"], s["num_classes"],
-                epochs=int(ev["semi_epochs"]), lr=float(ev["semi_lr"]), head_lr=float(ev["semi_head_lr"]),
-                batch_size=int(ev["semi_batch_size"]), bn=str(ev["semi_bn"]), device=device, seed=int(self.cfg["seed"]),
+                epochs=ev.semi_epochs, lr=ev.semi_lr, head_lr=ev.semi_head_lr,
+                batch_size=ev.semi_batch_size, bn=ev.semi_bn, device=device, seed=ev.seed,
             )
         return out
 

@@ -19,12 +19,12 @@ from tasks.common.local import LocalResult, LocalRound, kept_state
 from tasks.common.training import round_lr
 from tasks.ssl.fedema import fedema_update
 from tasks.ssl.model import build_federated_method, divergence_layers, kept_keys
-from tasks.ssl.train import recipe_options, train_one_round
+from tasks.ssl.train import train_one_round
 
 
 def local_round(r: LocalRound) -> LocalResult:
-    cfg, ins, rnd = r.cfg, r.instructions, r.server_round
-    method, plan, keys = build_federated_method(cfg, ins.layout_options)
+    s, ins, rnd = r.settings, r.instructions, r.server_round
+    method, plan, keys = build_federated_method(s, ins.layout_options)
     r.check_layout(method, keys)
     r.restore(method)
     div_idx = divergence_layers(keys, plan)
@@ -39,14 +39,15 @@ def local_round(r: LocalRound) -> LocalResult:
     predictor_used = "global" if (set(plan.optional) & received) else "local"
 
     before = get_arrays(method, [keys[i] for i in div_idx])
-    images = client_images(cfg, r.partition_id)
-    ssl, rounds = cfg["ssl"], int(cfg["num_rounds"])
-    lr = round_lr(float(ssl["lr"]), rnd, rounds, str(ssl.get("lr_schedule", "cosine")))
+    images = client_images(s.images, r.partition_id)
+    t = s.recipe
+    rounds = t.num_rounds
+    lr = round_lr(t.lr, rnd, rounds, t.lr_schedule)
     stats = train_one_round(
-        method, images, epochs=int(cfg["local_epochs"]), batch_size=int(cfg["batch_size"]), lr=lr,
-        momentum=float(ssl["momentum"]), weight_decay=float(ssl["weight_decay"]), compute=r.compute(),
+        method, images, epochs=t.local_epochs, batch_size=t.batch_size, lr=lr,
+        momentum=t.momentum, weight_decay=t.weight_decay, compute=r.compute(),
         generator=r.generator(), progress_start=(rnd - 1) / rounds, progress_span=1 / rounds, who=r.who,
-        warmup_until=int(ssl.get("warmup_rounds", 0)) / rounds, **recipe_options(ssl),
+        warmup_until=t.warmup_rounds / rounds, jitter=t.jitter, predictor_lr_mult=t.predictor_lr_mult,
     )
     after = get_arrays(method, [keys[i] for i in div_idx])
     method.before_upload()
@@ -63,6 +64,6 @@ def local_round(r: LocalRound) -> LocalResult:
     info = {"ema_lambda": mixing["lambda"]} if "lambda" in mixing else {}
     if method.assignments is not None:  # a clustering method (docs/algorithms.md#clustering-based-self-supervision): its clusters' NMI, kept for the next round
         metrics.update(method.cluster_report)
-        metrics.update(nmi_report(method.assignments, client_labels(cfg, r.partition_id), r.info.get("assignments")))
+        metrics.update(nmi_report(method.assignments, client_labels(s.images, r.partition_id), r.info.get("assignments")))
         info["assignments"] = [int(a) for a in method.assignments]
     return LocalResult(get_arrays(method, keys), len(images), metrics, kept_state(method, keep), info)

@@ -1,12 +1,14 @@
 """The SSL task's model on the wire: which state_dict entries travel, derived from a method's
 SyncPlan (convention 4, docs/architecture.md#conventions-and-where-they-come-from), and what a client keeps between rounds.
 
-Client and server both call `build_federated_method` with the same config and layout options
+Client and server both call `build_federated_method` with the same settings and layout options
 (sync, bn: the strategy's settings, sent to every client in its instructions), so the order of
 the arrays exchanged through Flower is never guessed.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ from protocol.layout import Layout
 from tasks.common.arrays import batchnorm_keys, get_arrays, module_layout, part_of
 from tasks.common.models import is_divergence_weight
 from tasks.ssl.methods import SSLMethod, SyncPlan, build_method
+
+if TYPE_CHECKING:  # tasks/ssl/settings.py reads this module's LAYOUT_OPTIONS
+    from tasks.ssl.settings import SSLSettings
 
 # the settings that shape the upload (conf/strategy/*.yaml: strategy.sync, strategy.bn)
 LAYOUT_OPTIONS = {"sync": Choice(options=("online", "target", "both")), "bn": Choice(options=("global", "local"))}
@@ -55,19 +60,19 @@ def with_defaults(options: dict | None) -> dict:
     return {**DEFAULT_OPTIONS, **(options or {})}
 
 
-def build_federated_method(cfg: dict, options: dict | None = None) -> tuple[SSLMethod, SyncPlan, list[str]]:
+def build_federated_method(s: SSLSettings, options: dict | None = None) -> tuple[SSLMethod, SyncPlan, list[str]]:
     """The method, its SyncPlan and upload keys, built identically on server and clients."""
     options = with_defaults(options)
-    torch.manual_seed(int(cfg["seed"]))  # the same initial weights everywhere
-    method = build_method(cfg["ssl"], cfg["model"])
+    torch.manual_seed(s.seed)  # the same initial weights everywhere
+    method = build_method(s.method, s.model)
     plan = method.sync_plan(options["sync"])
     keys = upload_keys(method, plan, options["bn"])
     return method, plan, keys
 
 
-def ssl_layout(cfg: dict, options: dict) -> tuple[Layout, list[np.ndarray]]:
+def ssl_layout(s: SSLSettings, options: dict) -> tuple[Layout, list[np.ndarray]]:
     """The upload layout (with FedU's divergence layers) and the initial global arrays."""
-    method, plan, keys = build_federated_method(cfg, options)
+    method, plan, keys = build_federated_method(s, options)
     merged = [(keys.index(c), keys.index(n)) for c, n in method.sum_merge if c in keys and n in keys]
     heads = [(keys.index(c), tuple(keys.index(h) for h in hs)) for c, hs in method.cluster_heads
              if c in keys and all(h in keys for h in hs)]

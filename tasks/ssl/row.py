@@ -11,17 +11,13 @@ from tasks.ssl.evaluator import RepresentationEvaluator
 from tasks.ssl.local import local_round
 from tasks.ssl.methods import METHODS
 from tasks.ssl.model import LAYOUT_OPTIONS, ssl_layout
+from tasks.ssl.settings import SSLSettings, ssl_settings
 
 
-def layout_options(cfg: dict) -> dict:
-    """The strategy's sharing rule as the layout needs it (strategy.sync, bn, predictor...)."""
-    return {k: cfg["strategy"][k] for k in LAYOUT_OPTIONS if k in cfg["strategy"]}
-
-
-def preflight(cfg: dict) -> None:
-    check_partitions(cfg)
-    k = cfg["ssl"].get("num_clusters")
-    smallest = min(len(p) for p in partitions(cfg))
+def preflight(s: SSLSettings) -> None:
+    check_partitions(s.images)
+    k = s.method.get("num_clusters")
+    smallest = min(len(p) for p in partitions(s.images))
     if k is not None and int(k) > smallest:
         raise ConfigError(f"ssl.num_clusters={k} exceeds the {smallest} images of the smallest client; "
                           f"lower ssl.num_clusters (each client clusters its own images)")
@@ -31,6 +27,7 @@ TASK = Task(
     "ssl", "images", ssl_layout, local_round, RepresentationEvaluator, preflight,
     TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"), Metric("knn_accuracy_k*", "kNN, k =")),
                 series=KNN_HISTORY),
-    config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, layout_options=layout_options,
-    client_fields=lambda cfg: getattr(METHODS.get(cfg["ssl"]["name"]), "CLIENT_FIELDS", ()),
+    config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, settings=ssl_settings,
+    layout_options=SSLSettings.layout_options,
+    client_fields=lambda s: getattr(METHODS.get(s.name), "CLIENT_FIELDS", ()),
     learned=export.learned, learned_output=export.OUTPUT)
