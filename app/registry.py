@@ -79,8 +79,8 @@ def task_of(cfg: dict) -> Task:
     declared = [TASKS[t] for t in strategy["tasks"]]
     for task in declared:
         if task.data_kind == dataset["kind"]:
-            if task.name == "ssl":
-                _check_method(cfg)
+            if task.method_section:
+                _check_method(cfg, task.method_section)
             _check_refused(task, cfg)
             return task
     kinds = sorted({t.data_kind for t in declared})
@@ -96,14 +96,16 @@ def task_of(cfg: dict) -> Task:
         f"Use {first[0]} ({first[1]}), or {second[0]} ({second[1]})")
 
 
-def _check_method(cfg: dict) -> None:
-    """A strategy defined for some SSL methods only (`strategy.methods`: FedBYOL, FedU for BYOL) refuses the others."""
-    methods = cfg["strategy"].get("methods")
-    if methods and cfg["ssl"]["name"] not in methods:
+def _check_method(cfg: dict, section: str) -> None:
+    """A strategy defined for some of a task's methods only (`strategy.methods`: FedBYOL, FedU for BYOL)
+    refuses the others; `section`: the config group that names the run's method (Task.method_section)."""
+    methods, method = cfg["strategy"].get("methods"), cfg[section]["name"]
+    if methods and method not in methods:
+        tasks = {t.name for t in TASKS.values() if t.method_section == section}
         others = [s for s, node in group_nodes("strategy").items()
-                  if "ssl" in node.get("tasks", []) and not node.get("methods")]
+                  if tasks & set(node.get("tasks", [])) and not node.get("methods")]
         raise ConfigError(f"strategy={cfg['strategy']['name']} is defined for {' or '.join(m.upper() for m in methods)} "
-                          f"(ssl={' or ssl='.join(methods)}); run ssl={cfg['ssl']['name']} with "
+                          f"({section}={f' or {section}='.join(methods)}); run {section}={method} with "
                           f"{_alternatives('strategy', others)}")
 
 

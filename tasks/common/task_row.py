@@ -30,6 +30,8 @@ class Task:
     preflight(settings): raises what it refuses before training (data, sizes, combinations).
     metrics: what its evaluations report (console, summary.json, closing line).
     config: the types of its own config keys (protocol.checks specs).
+    method_section: the config group naming the task's method (ssl: `ssl`), which a strategy that
+        is defined for some methods only (`strategy.methods`) restricts; None when it has none.
     refuses: keys of another section (a strategy's) that the task cannot run with when they are set,
         each with why and what to set instead; refused before anything is built (app/registry.task_of).
     layout_options(settings): the settings that shape its upload (sent to clients in their instructions).
@@ -53,6 +55,7 @@ class Task:
     metrics: TaskMetrics
     settings: Callable[[dict], Any]
     config: dict = field(default_factory=dict)
+    method_section: str | None = None
     refuses: dict[str, str] = field(default_factory=dict)
     layout_options: Callable[[Any], dict] = lambda settings: {}
     server_hooks: Callable[[Any], dict] = lambda settings: {}

@@ -27,7 +27,7 @@ TASK = Task(
     "ssl", "images", ssl_layout, local_round, RepresentationEvaluator, preflight,
     TaskMetrics(headline=REPRESENTATION, final=(Metric("semi_*", "semi"), Metric("knn_accuracy_k*", "kNN, k =")),
                 series=KNN_HISTORY),
-    config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, settings=ssl_settings,
+    config={f"strategy.{k}": spec for k, spec in LAYOUT_OPTIONS.items()}, settings=ssl_settings, method_section="ssl",
     layout_options=SSLSettings.layout_options,
     client_fields=lambda s: getattr(METHODS.get(s.name), "CLIENT_FIELDS", ()),
     learned=export.learned, learned_output=export.OUTPUT)
