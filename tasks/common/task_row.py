@@ -36,7 +36,8 @@ class Task:
         each with why and what to set instead; refused before anything is built (app/registry.task_of).
     layout_options(settings): the settings that shape its upload (sent to clients in their instructions).
     server_hooks(settings): extra torch services for strategies (e.g. distill).
-    route: mode=route for a task whose models have sub-networks, else None.
+    route(settings, keys, arrays, cfg, out_dir): mode=route for a task whose models have sub-networks
+        (settings: the trained run's section; cfg: the routing command's config), else None.
     local_evaluate: a client's scoring of its own model on its own test data, for layouts the
         clients evaluate (Layout.evaluated_by == "clients"), else None.
     client_fields(settings): per-client values of its own that the round's console line shows.
