@@ -89,11 +89,16 @@ def compute_line(c: dict) -> str:
             f"{c['parallel_clients']} client(s) in parallel x {c['threads_per_client']} thread(s)")
 
 
+def resolved(cfg: dict, task: Task | None, settings) -> tuple[Task, object]:
+    """(the run's task row, its section): the caller's when it has them, else worked out from `cfg`."""
+    task = task or task_of(cfg)
+    return task, task.settings(cfg) if settings is None else settings
+
+
 def build_layout(cfg: dict, task: Task | None = None, settings=None) -> tuple[Layout, list]:
     """The upload layout and the initial global arrays, from the same code the clients run (`task`:
     the run's row and `settings` its section, when the caller has them)."""
-    task = task or task_of(cfg)
-    settings = task.settings(cfg) if settings is None else settings
+    task, settings = resolved(cfg, task, settings)
     return task.layout(settings, task.layout_options(settings))
 
 
@@ -128,8 +133,7 @@ def strategy_class(cfg: dict):
 
 def summary_schema(cfg: dict, task: Task | None = None, make_strategy=None, settings=None) -> SummarySchema:
     """What the run's summary.json holds (the task's metrics, the strategy's and the task's own fields)."""
-    cls, task = (make_strategy or strategy_class(cfg)).func, task or task_of(cfg)
-    settings = task.settings(cfg) if settings is None else settings
+    cls, (task, settings) = (make_strategy or strategy_class(cfg)).func, resolved(cfg, task, settings)
     return SummarySchema(task.metrics, (*cls.CLIENT_FIELDS, *task.client_fields(settings)), cls.ROUND_FIELDS)
 
 
@@ -235,8 +239,7 @@ def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_di
                  task: Task | None = None, settings=None) -> TaskClient:
     """The client of partition `partition_id`, running the local round of the run's task (`task`: its
     row and `settings` its section, when the caller has them)."""
-    task = task or task_of(cfg)
-    settings = task.settings(cfg) if settings is None else settings
+    task, settings = resolved(cfg, task, settings)
     return TaskClient(task.local_round, cfg, partition_id, state, threads=threads, state_dir=state_dir,
                       local_evaluate=task.local_evaluate, settings=settings)
 
@@ -244,8 +247,7 @@ def build_client(cfg: dict, partition_id: int, state, threads: int = 1, state_di
 def make_client_fn(cfg: dict, task: Task | None = None, settings=None):
     """client_fn for Flower: one client for the partition named in the node config (the task and its
     section resolved once, not per client)."""
-    threads, task = int(client_resources(cfg)["num_cpus"]), task or task_of(cfg)
-    settings = task.settings(cfg) if settings is None else settings
+    threads, (task, settings) = int(client_resources(cfg)["num_cpus"]), resolved(cfg, task, settings)
 
     def client_fn(context):
         return build_client(cfg, int(context.node_config["partition-id"]), context.state, threads,

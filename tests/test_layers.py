@@ -121,10 +121,9 @@ def config_reads(source: str) -> list[int]:
 def test_every_task_reads_the_config_in_its_settings_module_only():
     from app.registry import TASKS
 
-    typed = dict(TASKS)
-    assert set(typed) == {"ssl", "reid", "sdr", "detection"}
+    assert set(TASKS) == {"ssl", "reid", "sdr", "detection"}
     assert config_reads('x = cfg["seed"]\ny = r.cfg.get("device")\nz = settings.sites') == [1, 2]
-    for name, row in typed.items():
+    for name, row in TASKS.items():
         package = ROOT / "tasks" / name
         home = ROOT / (row.settings.__module__.replace(".", "/") + ".py")
         found = [f"{p.relative_to(ROOT)}:{i}" for p in sorted(package.rglob("*.py")) if p != home
