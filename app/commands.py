@@ -90,11 +90,11 @@ def train(argv: list[str]) -> None:
 
 
 def evaluate(argv: list[str]) -> None:
-    cfg, models, layout, composed = evaluation_setup(argv)
-    out_dir = cfg.get("output_dir") or run_dir(composed)
+    setup = evaluation_setup(argv)
+    out_dir = setup.cfg.get("output_dir") or run_dir(setup.composed)
     log_to_console()
     with default_folder_released(out_dir):
-        print(evaluation_line(cfg, evaluate_offline(cfg, models, layout, out_dir)))
+        print(evaluation_line(setup.cfg, evaluate_offline(setup, out_dir)))
     log.info("evaluate: %s/evaluation.json", out_dir)
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from app.config import override_value
 from app.environment import check_machine
-from app.offline import INIT, evaluation_setup
-from app.registry import TASKS, task_of
+from app.offline import INIT, OfflineSetup, evaluation_setup
+from app.registry import TASKS
 from tasks.common.task_row import Task
 from tasks.common.checkpoint import CheckpointError, load_checkpoint
 from tasks.common.export import (ExportError, Learned, check_torchvision, require_export_extra, tensors,
@@ -40,8 +40,8 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None):
-    """(config, task, {model name: arrays}, layout, checkpoint payload) of `checkpoint=` for `mode`,
+def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None) -> tuple[OfflineSetup, dict]:
+    """(the setup: config, task, its section, layout, {model name: arrays}; the checkpoint payload) of `checkpoint=` for `mode`,
     rebuilt from the checkpoint's own config. CheckpointError (one line, naming the file) when there is
     none, when it is corrupt or not a run's checkpoint, or when its task's network does not give `needs`."""
     source = override_value(argv, "checkpoint")
@@ -49,31 +49,32 @@ def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None):
         raise CheckpointError(f"mode={mode} needs checkpoint=<run>/checkpoint_final.pt (a trained run's checkpoint)")
     try:
         payload = load_checkpoint(source)
-        cfg, models, layout, _ = evaluation_setup(argv)
+        setup = evaluation_setup(argv)
     except CheckpointError as err:
         raise CheckpointError(_one_line(f"mode={mode}: {err}; expected a run's checkpoint_final.pt "
                                         f"(format fedssl-checkpoint-v1)")) from None
     # this machine has the device, and the folder the results go to can be written (embed's forward
     # runs in the configured precision: warned when slow here)
+    cfg, task = setup.cfg, setup.task
     check_machine(cfg, cfg.get("output_dir") or Path(source).parent, warn=mode == "embed")
-    task = task_of(cfg)
     if task.learned is None or (needs is not None and task.learned_output != needs):
         able = [name for name, t in TASKS.items() if t.learned is not None and needs in (None, t.learned_output)]
         gives = f"whose network gives {task.learned_output}" if task.learned else "which has no exportable network"
         raise CheckpointError(f"{source} is a checkpoint of task {task.name} (strategy={cfg['strategy']['name']}, "
                               f"dataset={cfg['dataset']['name']}), {gives}; mode={mode} needs a checkpoint of task "
                               f"{' or '.join(able)} (a network that gives {needs})")
-    return cfg, task, models, layout, payload
+    return setup, payload
 
 
 def load_learned(argv: list[str], mode: str, needs: str) -> tuple[dict, Task, Learned, str]:
     """(config, task, the learned network, which model) for mode=predict/embed: the global model, or a
     standalone run's lowest-numbered client's (as detection.backbone_init picks one)."""
-    cfg, task, models, layout, _ = load_checkpoint_for(argv, mode, needs)
+    setup, _ = load_checkpoint_for(argv, mode, needs)
+    models, task = setup.models, setup.task
     name = "global" if "global" in models else min(models, key=lambda n: (len(n), n))
     if name != "global":
         log.info("%s: the checkpoint holds one model per client (standalone); using client %s's", mode, name)
-    return cfg, task, task.learned(task.settings(cfg), layout, models[name]), name
+    return setup.cfg, task, task.learned(setup.settings, setup.layout, models[name]), name
 
 
 def git_commit() -> str | None:
@@ -163,13 +164,13 @@ def export(argv: list[str]) -> None:
     from app.commands import log_to_console
 
     require_export_extra()
-    cfg, task, models, layout, payload = load_checkpoint_for(argv, "export")
+    setup, payload = load_checkpoint_for(argv, "export")
+    cfg, task = setup.cfg, setup.task
     out = Path(cfg.get("output_dir") or Path(str(cfg["checkpoint"])).parent)
     out.mkdir(parents=True, exist_ok=True)
     log_to_console()
-    settings = task.settings(cfg)
-    for model, arrays in models.items():
-        card = export_one(cfg, task, payload, model, task.learned(settings, layout, arrays), out)
+    for model, arrays in setup.models.items():
+        card = export_one(cfg, task, payload, model, task.learned(setup.settings, setup.layout, arrays), out)
         onnx = card["checks"]["onnx"]
         tv = card["checks"].get("torchvision")
         print(f"exported {card['what']} to {out}: " + ", ".join(card["files"].values())

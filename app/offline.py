@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import (ConfigError, centralise, compose, group_nodes, key_of, override_value, recompose,
                         saved_command_line, to_plain)
 from app.environment import writable_folder
-from app.federation import build_layout
+from app.federation import build_layout, resolved
 from app.outputs import RunFolderTaken
 from app.registry import TASKS, task_of
 from tasks.common.task_row import Task
@@ -38,9 +39,23 @@ def _top(override: str) -> str:
     return key_of(override).split(".")[0]
 
 
-def evaluation_setup(argv: list[str]) -> tuple[dict, dict, Layout, object]:
-    """(config to evaluate with, {name: arrays}, their layout, the composed config with Hydra's node)
-    for the command line of `mode=evaluate`; the config is composed once, the model built once."""
+@dataclass
+class OfflineSetup:
+    """What mode=evaluate/export/predict/embed work on, composed and built once: the config to
+    evaluate with, the composed config (with Hydra's node, for the run folder), the run's task row
+    and its section (Task.settings), the model layout and {name: arrays} (global, or one per client)."""
+
+    cfg: dict
+    composed: object
+    task: Task
+    settings: object
+    layout: Layout
+    models: dict
+
+
+def evaluation_setup(argv: list[str]) -> OfflineSetup:
+    """The setup of `mode=evaluate` (and export/predict/embed) for its command line: the config is
+    composed once, the task's section built once, the model built once."""
     source = override_value(argv, "checkpoint")
     if not source:
         raise CheckpointError("mode=evaluate needs checkpoint=<run>/checkpoint_final.pt, or checkpoint=init "
@@ -48,21 +63,23 @@ def evaluation_setup(argv: list[str]) -> tuple[dict, dict, Layout, object]:
     if source == INIT:
         composed = compose(argv, with_hydra=True)
         cfg = dict(to_plain(composed), command_line=list(argv))
-        layout, initial = build_layout(cfg)
-        return cfg, {"global": initial}, layout, composed
+        task, settings = resolved(cfg, None, None)
+        layout, initial = build_layout(cfg, task, settings)
+        return OfflineSetup(cfg, composed, task, settings, layout, {"global": initial})
     payload = load_checkpoint(source)
     refuse_other_kind(source, payload["config"], override_value(argv, "dataset"))
     trained = [o for o in saved_command_line(payload["config"]) if _top(o) not in THIS_MACHINE]
     composed = compose(trained + [o for o in argv if _top(o) in MAY_CHANGE + THIS_MACHINE], with_hydra=True)
     cfg = dict(centralise(to_plain(composed)), command_line=list(argv))
-    layout, _ = build_layout(cfg)
+    task, settings = resolved(cfg, None, None)
+    layout, _ = build_layout(cfg, task, settings)
     models = checkpoint_models(payload)
     shapes = [a.shape for a in next(iter(models.values()))]
     if list(payload["keys"]) != list(layout.keys) or shapes != [tuple(s) for s in layout.shapes]:
         raise CheckpointError(f"{describe_checkpoint(source, payload['config'])}: its keys do not match the model its "
                               f"own config builds in this code version ({len(payload['keys'])} arrays in the file, "
                               f"{len(layout.keys)} in the model; written by a different code version?)")
-    return cfg, models, layout, composed
+    return OfflineSetup(cfg, composed, task, settings, layout, models)
 
 
 def checkpoint_task(config: dict) -> Task | None:
@@ -114,13 +131,13 @@ def refuse_existing(out_dir: str | Path, names: tuple[str, ...], mode: str) -> N
                              f"pass output_dir=<another folder> (or leave output_dir out for a new folder)")
 
 
-def evaluate_offline(cfg: dict, models: dict, layout: Layout, out_dir: str | Path) -> dict:
+def evaluate_offline(setup: OfflineSetup, out_dir: str | Path) -> dict:
     """Evaluate the models once, as at the end of a run; writes evaluation.json (never over an earlier one)."""
     refuse_existing(out_dir, ("evaluation.json",), "evaluate")
     writable_folder(out_dir)
     t0 = time.perf_counter()
-    task = task_of(cfg)
-    result = task.evaluator(task.settings(cfg), layout)(0, models, final=True)
+    cfg, task = setup.cfg, setup.task
+    result = task.evaluator(setup.settings, setup.layout)(0, setup.models, final=True)
     report = {"status": "completed", "checkpoint": str(cfg["checkpoint"]), "task": task.name,
               "dataset": cfg["dataset"]["name"], "strategy": cfg["strategy"]["name"], "ssl": cfg["ssl"]["name"],
               "final": result, "eval_seconds": time.perf_counter() - t0}

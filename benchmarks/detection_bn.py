@@ -100,9 +100,9 @@ def site_bn_scores(net: nn.Module, cfg: dict, evaluator: DetectionEvaluator, sit
 def checkpoint_bn_scores(checkpoint: Path, overrides: list[str] = ()) -> dict:
     """Every site of a detection checkpoint (global model), as `site_bn_scores`; `overrides` are
     this machine's (data_dir=, cache_dir=, device=), as mode=evaluate takes them."""
-    cfg, models, layout, _ = evaluation_setup(["mode=evaluate", f"checkpoint={checkpoint}", *overrides])
-    evaluator = DetectionEvaluator(detection_settings(cfg), layout)
-    net = evaluator.load(models["global"])
+    setup = evaluation_setup(["mode=evaluate", f"checkpoint={checkpoint}", *overrides])
+    cfg, evaluator = setup.cfg, DetectionEvaluator(setup.settings, setup.layout)
+    net = evaluator.load(setup.models["global"])
     device = resolve_device(str(cfg["device"]))
     sites = [site_bn_scores(net, cfg, evaluator, site, device) for site in range(evaluator.settings.sites.count)]
     means = {v: {k: site_mean({"per_client": {str(s["site"]): s[v] for s in sites}}, k) for k in ("map", "map_50")}

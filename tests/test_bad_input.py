@@ -150,7 +150,8 @@ def test_evaluate_mode_keeps_the_checkpoints_protocol_unless_told(make_cfg, smok
     layout, init = build_layout(trained)
     ckpt = save_checkpoint(tmp_path / "c.pt", trained, layout.keys, {"global": init}, 2)
     cfg = make_cfg("mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true")
-    run_cfg, models, _, _ = evaluation_setup(smoke_overrides + ["mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true"])
+    setup = evaluation_setup(smoke_overrides + ["mode=evaluate", f"checkpoint={ckpt}", "eval.semi=true"])
+    run_cfg, models = setup.cfg, setup.models
     assert run_cfg["eval"]["bank_size"] == 300 and run_cfg["eval"]["knn_k"] == 7 and run_cfg["eval"]["semi"] is True
     assert run_cfg["strategy"]["name"] == "fedu" and run_cfg["output_dir"] == cfg["output_dir"]
     assert all(np.array_equal(a, b) for a, b in zip(models["global"], init))

@@ -76,10 +76,11 @@ def test_reestimation_leaves_the_given_detector_as_it_was(checkpoint, data_dir, 
     from tasks.detection.evaluator import DetectionEvaluator
     from tasks.detection.settings import detection_settings
 
-    cfg, models, layout, _ = evaluation_setup(["mode=evaluate", f"checkpoint={checkpoint}", f"data_dir={data_dir}",
-                                               f"cache_dir={cache_dir}"])
-    settings = detection_settings(cfg)
-    net = DetectionEvaluator(settings, layout).load(models["global"])
+    setup = evaluation_setup(["mode=evaluate", f"checkpoint={checkpoint}", f"data_dir={data_dir}",
+                              f"cache_dir={cache_dir}"])
+    settings = setup.settings
+    assert settings == detection_settings(setup.cfg)  # the checkpoint's own section, built once by the setup
+    net = DetectionEvaluator(settings, setup.layout).load(setup.models["global"])
     before = state(net)
     new = bn.reestimate_batchnorm(net, client_train(settings.sites, 0).take(range(16)), torch.device("cpu"), 8)
     assert new is not net and not new.training and not any(m.training for m in new.modules())

@@ -79,11 +79,10 @@ def test_export_writes_safetensors_onnx_and_a_model_card_whose_onnx_equals_pytor
     assert ref.shape == (16, 512)
     assert np.abs(got - ref).max() <= RTOL * max(1.0, np.abs(ref).max())
     # and those are the features of the checkpoint's own encoder, as the evaluator builds it
-    cfg, models, layout, _ = evaluation_setup([f"checkpoint={ssl_run / 'checkpoint_final.pt'}", f"data_dir={data_dir}"])
+    setup = evaluation_setup([f"checkpoint={ssl_run / 'checkpoint_final.pt'}", f"data_dir={data_dir}"])
     from tasks.ssl.evaluator import RepresentationEvaluator
-    from tasks.ssl.settings import ssl_settings
 
-    backbone = RepresentationEvaluator(ssl_settings(cfg), layout).encoder(models["global"]).backbone
+    backbone = RepresentationEvaluator(setup.settings, setup.layout).encoder(setup.models["global"]).backbone
     with torch.no_grad():
         assert torch.equal(backbone.eval()(x), torch.from_numpy(ref))
 
@@ -123,16 +122,15 @@ def test_under_local_batchnorm_the_export_carries_statistics_reestimated_as_the_
     from safetensors.torch import load_file
 
     from tasks.ssl.evaluator import RepresentationEvaluator
-    from tasks.ssl.settings import ssl_settings
 
     ckpt = initial_checkpoint(tmp_path / "bnlocal" / "checkpoint_final.pt", "strategy=fedu", "dataset=cifar10", "strategy.bn=local")
     run_command(["mode=export", f"checkpoint={ckpt}", f"data_dir={data_dir}"])
     card = json.loads((ckpt.parent / "encoder.json").read_text())
     assert card["batchnorm"]["statistics"] == "reestimated" and "evaluation bank (200 cifar10" in card["batchnorm"]["detail"]
     assert card["summary"] is None  # no summary.json next to this checkpoint
-    cfg, models, layout, _ = evaluation_setup([f"checkpoint={ckpt}", f"data_dir={data_dir}"])
-    evaluator = RepresentationEvaluator(ssl_settings(cfg), layout)
-    encoder = evaluator.encoder(models["global"])
+    setup = evaluation_setup([f"checkpoint={ckpt}", f"data_dir={data_dir}"])
+    evaluator = RepresentationEvaluator(setup.settings, setup.layout)
+    encoder = evaluator.encoder(setup.models["global"])
     evaluator.recalibrate(encoder)
     saved = load_file(str(ckpt.parent / "encoder.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in encoder.backbone.state_dict().items())
@@ -190,17 +188,17 @@ def test_embed_gives_the_evaluators_features_of_the_same_images(ssl_run, data_di
     from tasks.common.evaluate import features_on
     from tasks.common.federated_data import evaluation_sets
     from tasks.ssl.evaluator import RepresentationEvaluator
-    from tasks.ssl.settings import ssl_settings
 
     argv = [f"checkpoint={ssl_run / 'checkpoint_final.pt'}", f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
-    cfg, models, layout, _ = evaluation_setup(argv)
+    setup = evaluation_setup(argv)
+    cfg = setup.cfg
     from tasks.common.sections import evaluation_of, images_of
 
     sets = evaluation_sets(images_of(cfg), evaluation_of(cfg))
     np.savez(tmp_path / "test.npz", x=sets["x_test"], y=sets["y_test"])
     run_command(["mode=embed", *argv, f"images={tmp_path / 'test.npz'}", f"output_dir={tmp_path / 'out'}"])
     device = resolve_device(str(cfg["device"]))
-    encoder = RepresentationEvaluator(ssl_settings(cfg), layout).encoder(models["global"])
+    encoder = RepresentationEvaluator(setup.settings, setup.layout).encoder(setup.models["global"])
     (expected,) = features_on(encoder.backbone, sets, ("x_test",), device, int(cfg["eval"]["batch_size"]),
                               compute_for(cfg, device))
     with np.load(tmp_path / "out" / "embeddings.npz") as z:

@@ -42,10 +42,8 @@ def test_predict_writes_a_png_per_image_and_coco_results_torchmetrics_reads_back
     from torchvision.io import decode_image, read_file
 
     from app.offline import evaluation_setup
-    from app.registry import task_of
     from tasks.detection.annotations import read_voc
     from tasks.detection.data import DetectionSet
-    from tasks.detection.settings import detection_settings
     from tasks.detection.evaluator import site_scores
 
     ckpt, images = detection_run / "checkpoint_final.pt", site_folder / "JPEGImages"
@@ -61,8 +59,8 @@ def test_predict_writes_a_png_per_image_and_coco_results_torchmetrics_reads_back
     assert results and set(results[0]) == {"image_id", "file_name", "category_id", "category_name", "bbox", "score"}
     assert min(r["score"] for r in results) >= 0.05 and f"{len(results)} detections" in done.stdout
     # read back: COCO [x, y, w, h] results against the folder's VOC annotations, one entry per image
-    cfg, models, layout, _ = evaluation_setup([f"checkpoint={ckpt}", f"data_dir={data_dir}"])
-    names = detection_settings(cfg).detector.classes
+    setup = evaluation_setup([f"checkpoint={ckpt}", f"data_dir={data_dir}"])
+    cfg, names = setup.cfg, setup.settings.detector.classes
     truth = {s.image.name: s for split in ("trainval", "test") for s in read_voc(site_folder, split, names)}
     preds, targets = [], []
     for name in files:
@@ -78,8 +76,7 @@ def test_predict_writes_a_png_per_image_and_coco_results_torchmetrics_reads_back
     metric.update(preds, targets)
     read_back = float(metric.compute()["map"])
     # the same number as the evaluator's own scoring of the checkpoint's detector on those images
-    task = task_of(cfg)
-    net = task.learned(task.settings(cfg), layout, models["global"]).weights
+    net = setup.task.learned(setup.settings, setup.layout, setup.models["global"]).weights
     data = DetectionSet([np.asarray(decode_image(read_file(str(images / n))).permute(1, 2, 0)) for n in files],
                         [truth[n].boxes for n in files], [truth[n].labels for n in files])
     direct, _ = site_scores(net, data, torch.device("cpu"), int(cfg["detection"]["eval_batch_size"]))

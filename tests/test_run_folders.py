@@ -272,7 +272,7 @@ def test_evaluate_and_route_never_replace_an_earlier_result(tmp_path):
 
     (tmp_path / "evaluation.json").write_text("{}")
     with pytest.raises(RunFolderTaken, match="mode=evaluate: .*evaluation.json already exist"):
-        evaluate_offline({}, {}, None, tmp_path)
+        evaluate_offline(None, tmp_path)
     (tmp_path / "backbone_path3.pt").write_bytes(b"x")
     with pytest.raises(RunFolderTaken, match="mode=route: .*backbone_path3.pt already exist"):
         route_offline({"checkpoint": "x.pt"}, tmp_path)
