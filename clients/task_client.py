@@ -34,10 +34,12 @@ class TaskClient(NumPyClient):
     """Client `partition_id` of a run whose task trains with `local_round`."""
 
     def __init__(self, local_round: Callable[[LocalRound], LocalResult], cfg: dict, partition_id: int,
-                 state: RecordDict, threads: int = 1, state_dir: str | None = None,
-                 local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None, settings=None):
+                 state: RecordDict, *, settings, threads: int = 1, state_dir: str | None = None,
+                 local_evaluate: Callable[[LocalRound], tuple[int, dict]] | None = None):
+        """`settings`: the task's section of the config (Task.settings), handed to every local round;
+        required, so a caller that forgot it fails here, not in its first round."""
         self.local_round, self.cfg, self.pid, self.state, self.threads = local_round, cfg, int(partition_id), state, threads
-        self.local_evaluate, self.settings = local_evaluate, settings  # settings: the task's section (Task.settings)
+        self.local_evaluate, self.settings = local_evaluate, settings
         root = state_dir or cfg.get("client_state_dir")
         self.state_dir = Path(root) / str(self.pid) if root else None
 

@@ -26,7 +26,7 @@ def trained_round(r):
 
 def client(attack=None, pid=1, num_clients=5, **more):
     cfg = {"num_clients": num_clients, "faults": {"hostile": [[pid, attack]] if attack else [], **more}}
-    return TaskClient(trained_round, cfg, pid, RecordDict())
+    return TaskClient(trained_round, cfg, pid, RecordDict(), settings=None)  # the stub round reads no section
 
 
 def fit(c, rnd=1, transfer="float32"):
