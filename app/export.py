@@ -27,7 +27,7 @@ from app.environment import check_machine
 from app.offline import INIT, OfflineSetup, evaluation_setup
 from app.registry import TASKS
 from tasks.common.task_row import Task
-from tasks.common.checkpoint import CheckpointError, load_checkpoint
+from tasks.common.checkpoint import CheckpointError
 from tasks.common.export import (ExportError, Learned, check_torchvision, require_export_extra, tensors,
                                  torchvision_name, torchvision_state, versions, write_onnx, write_safetensors)
 
@@ -40,15 +40,14 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None) -> tuple[OfflineSetup, dict]:
-    """(the setup: config, task, its section, layout, {model name: arrays}; the checkpoint payload) of `checkpoint=` for `mode`,
+def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None) -> OfflineSetup:
+    """The setup (config, task, its section, layout, {model name: arrays}, the checkpoint as read) of `checkpoint=` for `mode`,
     rebuilt from the checkpoint's own config. CheckpointError (one line, naming the file) when there is
     none, when it is corrupt or not a run's checkpoint, or when its task's network does not give `needs`."""
     source = override_value(argv, "checkpoint")
     if not source or source == INIT:
         raise CheckpointError(f"mode={mode} needs checkpoint=<run>/checkpoint_final.pt (a trained run's checkpoint)")
     try:
-        payload = load_checkpoint(source)
         setup = evaluation_setup(argv)
     except CheckpointError as err:
         raise CheckpointError(_one_line(f"mode={mode}: {err}; expected a run's checkpoint_final.pt "
@@ -63,13 +62,13 @@ def load_checkpoint_for(argv: list[str], mode: str, needs: str | None = None) ->
         raise CheckpointError(f"{source} is a checkpoint of task {task.name} (strategy={cfg['strategy']['name']}, "
                               f"dataset={cfg['dataset']['name']}), {gives}; mode={mode} needs a checkpoint of task "
                               f"{' or '.join(able)} (a network that gives {needs})")
-    return setup, payload
+    return setup
 
 
 def load_learned(argv: list[str], mode: str, needs: str) -> tuple[dict, Task, Learned, str]:
     """(config, task, the learned network, which model) for mode=predict/embed: the global model, or a
     standalone run's lowest-numbered client's (as detection.backbone_init picks one)."""
-    setup, _ = load_checkpoint_for(argv, mode, needs)
+    setup = load_checkpoint_for(argv, mode, needs)
     models, task = setup.models, setup.task
     name = "global" if "global" in models else min(models, key=lambda n: (len(n), n))
     if name != "global":
@@ -164,8 +163,8 @@ def export(argv: list[str]) -> None:
     from app.commands import log_to_console
 
     require_export_extra()
-    setup, payload = load_checkpoint_for(argv, "export")
-    cfg, task = setup.cfg, setup.task
+    setup = load_checkpoint_for(argv, "export")
+    cfg, task, payload = setup.cfg, setup.task, setup.payload
     out = Path(cfg.get("output_dir") or Path(str(cfg["checkpoint"])).parent)
     out.mkdir(parents=True, exist_ok=True)
     log_to_console()

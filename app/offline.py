@@ -20,7 +20,7 @@ from pathlib import Path
 from app.config import (ConfigError, centralise, compose, group_nodes, key_of, override_value, recompose,
                         saved_command_line, to_plain)
 from app.environment import writable_folder
-from app.federation import build_layout, resolved
+from app.federation import build_layout
 from app.outputs import RunFolderTaken
 from app.registry import TASKS, task_of
 from tasks.common.task_row import Task
@@ -43,7 +43,8 @@ def _top(override: str) -> str:
 class OfflineSetup:
     """What mode=evaluate/export/predict/embed work on, composed and built once: the config to
     evaluate with, the composed config (with Hydra's node, for the run folder), the run's task row
-    and its section (Task.settings), the model layout and {name: arrays} (global, or one per client)."""
+    and its section (Task.settings), the model layout, {name: arrays} (global, or one per client)
+    and the checkpoint as read (None for checkpoint=init)."""
 
     cfg: dict
     composed: object
@@ -51,6 +52,7 @@ class OfflineSetup:
     settings: object
     layout: Layout
     models: dict
+    payload: dict | None = None
 
 
 def evaluation_setup(argv: list[str]) -> OfflineSetup:
@@ -61,25 +63,26 @@ def evaluation_setup(argv: list[str]) -> OfflineSetup:
         raise CheckpointError("mode=evaluate needs checkpoint=<run>/checkpoint_final.pt, or checkpoint=init "
                               "for the model the config starts from")
     if source == INIT:
-        composed = compose(argv, with_hydra=True)
+        payload, composed = None, compose(argv, with_hydra=True)
         cfg = dict(to_plain(composed), command_line=list(argv))
-        task, settings = resolved(cfg, None, None)
-        layout, initial = build_layout(cfg, task, settings)
+    else:
+        payload = load_checkpoint(source)
+        refuse_other_kind(source, payload["config"], override_value(argv, "dataset"))
+        trained = [o for o in saved_command_line(payload["config"]) if _top(o) not in THIS_MACHINE]
+        composed = compose(trained + [o for o in argv if _top(o) in MAY_CHANGE + THIS_MACHINE], with_hydra=True)
+        cfg = dict(centralise(to_plain(composed)), command_line=list(argv))
+    task = task_of(cfg)
+    settings = task.settings(cfg)
+    layout, initial = build_layout(cfg, task, settings)
+    if payload is None:
         return OfflineSetup(cfg, composed, task, settings, layout, {"global": initial})
-    payload = load_checkpoint(source)
-    refuse_other_kind(source, payload["config"], override_value(argv, "dataset"))
-    trained = [o for o in saved_command_line(payload["config"]) if _top(o) not in THIS_MACHINE]
-    composed = compose(trained + [o for o in argv if _top(o) in MAY_CHANGE + THIS_MACHINE], with_hydra=True)
-    cfg = dict(centralise(to_plain(composed)), command_line=list(argv))
-    task, settings = resolved(cfg, None, None)
-    layout, _ = build_layout(cfg, task, settings)
     models = checkpoint_models(payload)
     shapes = [a.shape for a in next(iter(models.values()))]
     if list(payload["keys"]) != list(layout.keys) or shapes != [tuple(s) for s in layout.shapes]:
         raise CheckpointError(f"{describe_checkpoint(source, payload['config'])}: its keys do not match the model its "
                               f"own config builds in this code version ({len(payload['keys'])} arrays in the file, "
                               f"{len(layout.keys)} in the model; written by a different code version?)")
-    return OfflineSetup(cfg, composed, task, settings, layout, models)
+    return OfflineSetup(cfg, composed, task, settings, layout, models, payload)
 
 
 def checkpoint_task(config: dict) -> Task | None:

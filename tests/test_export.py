@@ -192,9 +192,7 @@ def test_embed_gives_the_evaluators_features_of_the_same_images(ssl_run, data_di
     argv = [f"checkpoint={ssl_run / 'checkpoint_final.pt'}", f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
     setup = evaluation_setup(argv)
     cfg = setup.cfg
-    from tasks.common.sections import evaluation_of, images_of
-
-    sets = evaluation_sets(images_of(cfg), evaluation_of(cfg))
+    sets = evaluation_sets(setup.settings.images, setup.settings.evaluation)
     np.savez(tmp_path / "test.npz", x=sets["x_test"], y=sets["y_test"])
     run_command(["mode=embed", *argv, f"images={tmp_path / 'test.npz'}", f"output_dir={tmp_path / 'out'}"])
     device = resolve_device(str(cfg["device"]))
