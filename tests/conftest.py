@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA_DIR = Path(os.environ.get("FEDSSL_DATA_DIR", ROOT.parent / "shared" / "data"))
+# the commands the tests start (main.py, ops.*) find the same data without data_dir= (conf: data_dir
+# defaults to $FEDSSL_DATA_DIR), so the README's plain `pytest` needs no variable set
+os.environ.setdefault("FEDSSL_DATA_DIR", str(DATA_DIR))
 
 
 def main_py(*argv, module: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
